@@ -1,0 +1,83 @@
+"""Atomic checkpoint save and safe load.
+
+A checkpoint is a dict of tensors and plain Python values written with ``torch.save`` to a temp
+file in the same directory and renamed into place (``os.replace`` is atomic on POSIX), so a crash
+mid-write never leaves a truncated file under the final name. Loading uses
+``torch.load(weights_only=True)``: no arbitrary pickled objects are executed.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be found or read. The message names the file."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` to ``path`` atomically (temp file + fsync + rename). Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: the file does not exist, is truncated or corrupt, or holds anything but
+            tensors and plain values.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # zip/pickle/unpickling errors: say which file, not a pickle trace
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt or truncated and cannot be read "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"checkpoint {path} is not a ppo_lab checkpoint (no model/config)")
+    return state
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Resolve a run dir or a checkpoint file to a checkpoint file.
+
+    A run dir resolves to ``checkpoints/final.pt`` when present, else the newest periodic
+    checkpoint.
+
+    Raises:
+        CheckpointError: the path does not exist, or the run dir holds no checkpoint.
+    """
+    path = Path(path)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path {path} does not exist")
+    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    final = ckpt_dir / "final.pt"
+    if final.is_file():
+        return final
+    periodic = sorted(ckpt_dir.glob("update_*.pt"))
+    if periodic:
+        return periodic[-1]
+    raise CheckpointError(f"no checkpoint found in {path} (looked for checkpoints/final.pt and update_*.pt)")

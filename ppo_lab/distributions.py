@@ -1,0 +1,82 @@
+"""Action distributions as stateless math on tensors, without building ``torch.distributions``
+objects on the hot path.
+
+Building a ``torch.distributions.Categorical`` per env step costs more than the tiny policy
+network itself (it validates arguments and normalizes logits). These classes hold no tensors:
+they are created once per run and take the distribution parameters per call. Their results
+match ``torch.distributions.Categorical`` / ``Normal`` (pinned by ``tests/test_distributions.py``).
+
+Shapes: ``B`` is the batch, ``n`` the number of discrete actions, ``d`` the action dimension.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class Categorical:
+    """Categorical distribution over ``n`` actions, parameterized by unnormalized logits ``(B, n)``."""
+
+    def sample(self, logits: Tensor) -> Tensor:
+        """Draw one action per row with the Gumbel-max trick.
+
+        Args:
+            logits: ``(B, n)`` unnormalized log-probabilities.
+
+        Returns:
+            ``(B,)`` int64 actions.
+        """
+        u = torch.rand_like(logits)
+        return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
+
+    def mode(self, logits: Tensor) -> Tensor:
+        """``(B,)`` most likely action (used for deterministic evaluation)."""
+        return logits.argmax(dim=-1)
+
+    def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
+        """``(B,)`` log pi(a|s) of ``actions`` ``(B,)``."""
+        logp = torch.log_softmax(logits, dim=-1)
+        return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+
+    def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B,)`` log-probabilities of ``actions`` and ``(B,)`` entropies, sharing one log-softmax."""
+        logp = torch.log_softmax(logits, dim=-1)
+        entropy = -(logp.exp() * logp).sum(dim=-1)
+        return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
+
+
+class DiagGaussian:
+    """Diagonal Gaussian with mean ``(B, d)`` and state-independent log std ``(d,)``.
+
+    Log-probabilities and entropies are summed over the ``d`` action dimensions (CleanRL
+    ppo_continuous_action.py; 37 details, continuous detail 1-2). The sample is returned
+    unclipped: clipping to the action bounds happens only when stepping the env.
+    """
+
+    def sample(self, mean: Tensor, log_std: Tensor) -> Tensor:
+        """``(B, d)`` sample ``mean + std * eps``."""
+        return mean + log_std.exp() * torch.randn_like(mean)
+
+    def mode(self, mean: Tensor) -> Tensor:
+        """``(B, d)`` the mean action (deterministic evaluation)."""
+        return mean
+
+    def log_prob(self, mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
+        """``(B,)`` log-density of ``actions`` ``(B, d)``, summed over dimensions."""
+        z = (actions - mean) * torch.exp(-log_std)
+        return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(dim=-1)
+
+    def entropy(self, mean: Tensor, log_std: Tensor) -> Tensor:
+        """``(B,)`` entropy, summed over dimensions: ``sum(0.5 + log(sqrt(2 pi)) + log_std)``."""
+        return (0.5 + _LOG_SQRT_2PI + log_std).sum(dim=-1).expand(mean.shape[0])
+
+    def log_prob_entropy(
+        self, mean: Tensor, log_std: Tensor, actions: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """``(B,)`` log-densities of ``actions`` and ``(B,)`` entropies."""
+        return self.log_prob(mean, log_std, actions), self.entropy(mean, log_std)

@@ -1,0 +1,284 @@
+"""Gymnasium env and vector-env factory, with the wrappers each env family needs.
+
+All vector envs use gymnasium 1.x's default *next-step* autoreset: the step that ends an episode
+returns the true final observation, and the following ``step`` call resets that env, ignoring its
+action and returning reward 0. The rollout marks those reset steps invalid (see ``rollout.py``).
+
+Wrappers (gymnasium's own wherever one exists):
+
+* every env: ``RecordEpisodeStatistics`` (the logged ``episodic_return`` is the undiscounted,
+  unnormalized, unclipped return);
+* continuous actions: ``ClipAction`` (the policy's sample is stored unclipped; 37 details,
+  continuous detail 4);
+* ``normalize_obs``: ``NormalizeObservation`` then clip to ``[-clip_obs, clip_obs]`` (continuous
+  details 5-6);
+* ``normalize_reward``: ``NormalizeReward`` (running std of the discounted return) then clip to
+  ``[-clip_reward, clip_reward]`` (continuous details 7-8);
+* Atari: ``AtariPreprocessing`` (no-op reset, max-and-skip, 84x84 grayscale), episodic life,
+  fire reset, sign reward clipping, ``FrameStackObservation`` (Atari details 1-7).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.wrappers import vector as vw
+
+from ppo_lab.config import ConfigError, EnvConfig, EnvFamily
+
+#: The pip extra that provides each family's simulator.
+FAMILY_EXTRAS = {EnvFamily.box2d: "box2d", EnvFamily.mujoco: "mujoco", EnvFamily.atari: "atari"}
+
+
+def _register_ale() -> None:
+    try:
+        ale_py = importlib.import_module("ale_py")
+    except ImportError as exc:
+        raise ConfigError(
+            f"env.family=atari needs ale-py, which is not installed ({exc}); "
+            'install it with: pip install -e ".[atari]"'
+        ) from None
+    gym.register_envs(ale_py)
+
+
+def check_env(cfg: EnvConfig) -> gym.Env:
+    """Build one (unwrapped-by-us) env to check that ``cfg.id`` exists and its simulator is installed.
+
+    Returns:
+        The env, for reading its spaces; the caller closes it.
+
+    Raises:
+        ConfigError: ``env.id`` is not registered (naming the ids with a similar name), or the
+            family's optional dependency is missing (naming the pip extra to install).
+    """
+    if cfg.family is EnvFamily.atari:
+        _register_ale()
+    try:
+        gym.spec(cfg.id)
+    except gym.error.Error as exc:
+        close = [k for k in gym.registry if cfg.id.split("-")[0].lower() in k.lower()][:8]
+        raise ConfigError(
+            f"env.id={cfg.id!r} is not a registered gymnasium id ({exc}). Allowed: a registered id"
+            + (f", e.g. {', '.join(close)}" if close else "")
+            + "; or one of the env configs (env=cartpole, env=lunarlander, ...)"
+        ) from None
+    try:
+        return _make_single(cfg, render_mode=None)
+    except gym.error.DependencyNotInstalled as exc:
+        extra = FAMILY_EXTRAS.get(cfg.family, cfg.family.value)
+        raise ConfigError(
+            f"env.id={cfg.id!r} needs an optional dependency that is not installed ({exc}); "
+            f'install it with: pip install -e ".[{extra}]"'
+        ) from None
+
+
+def _make_single(cfg: EnvConfig, render_mode: str | None) -> gym.Env:
+    kwargs: dict[str, Any] = dict(cfg.kwargs)
+    if cfg.max_episode_steps is not None:
+        kwargs["max_episode_steps"] = cfg.max_episode_steps
+    if render_mode is not None:
+        kwargs["render_mode"] = render_mode
+    if cfg.family is EnvFamily.atari:
+        kwargs.setdefault("frameskip", 1)
+    return gym.make(cfg.id, **kwargs)
+
+
+class EpisodicLife(gym.Wrapper):
+    """Signal ``terminated`` when a life is lost; reset the game only when it is really over
+    (Atari detail 3; Mnih et al. 2015). After a life loss, ``reset`` takes one no-op step instead
+    of restarting, so the next "episode" continues the same game."""
+
+    def __init__(self, env: gym.Env) -> None:
+        super().__init__(env)
+        self.lives = 0
+        self.game_over = True
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self.game_over = terminated or truncated
+        lives = self.env.unwrapped.ale.lives()
+        if 0 < lives < self.lives:
+            terminated = True
+        self.lives = lives
+        return obs, reward, terminated, truncated, info
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        if self.game_over:
+            obs, info = self.env.reset(**kwargs)
+        else:
+            obs, _, terminated, truncated, info = self.env.step(0)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        self.game_over = False
+        self.lives = self.env.unwrapped.ale.lives()
+        return obs, info
+
+
+class FireReset(gym.Wrapper):
+    """Press FIRE after reset in games that wait for it (Atari detail 4)."""
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        obs, info = self.env.reset(**kwargs)
+        for action in (1, 2):
+            obs, _, terminated, truncated, info = self.env.step(action)
+            if terminated or truncated:
+                obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+def sign_reward(reward: float) -> float:
+    """Atari detail 6: clip the training reward to {-1, 0, +1} by its sign."""
+    return float(np.sign(reward))
+
+
+def wrap_atari(env: gym.Env, cfg: EnvConfig) -> gym.Env:
+    """The Atari stack, innermost first: AtariPreprocessing (no-op reset, max-and-skip, resize,
+    grayscale) -> RecordEpisodeStatistics (real game score over all lives) -> EpisodicLife ->
+    FireReset -> sign reward clipping -> FrameStackObservation. Observations: ``(frame_stack,
+    screen_size, screen_size)`` uint8."""
+    env = gym.wrappers.AtariPreprocessing(
+        env,
+        noop_max=cfg.noop_max,
+        frame_skip=cfg.frame_skip,
+        screen_size=cfg.screen_size,
+        terminal_on_life_loss=False,
+        grayscale_obs=True,
+        scale_obs=False,
+    )
+    env = gym.wrappers.RecordEpisodeStatistics(env)
+    if cfg.episodic_life:
+        env = EpisodicLife(env)
+    if "FIRE" in env.unwrapped.get_action_meanings():
+        env = FireReset(env)
+    if cfg.clip_reward_sign:
+        env = gym.wrappers.TransformReward(env, sign_reward)
+    return gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
+
+
+def _env_fn(cfg: EnvConfig, render_mode: str | None) -> Callable[[], gym.Env]:
+    def thunk() -> gym.Env:
+        env = _make_single(cfg, render_mode)
+        return wrap_atari(env, cfg) if cfg.family is EnvFamily.atari else env
+
+    return thunk
+
+
+def make_vec_env(
+    cfg: EnvConfig,
+    num_envs: int,
+    gamma: float = 0.99,
+    render_mode: str | None = None,
+) -> gym.vector.VectorEnv:
+    """Build the wrapped vector env of ``num_envs`` copies of ``cfg.id``.
+
+    Seeding happens at the first ``reset(seed=...)``: env i gets ``seed + i``.
+
+    Args:
+        cfg: the env config.
+        num_envs: number of parallel envs.
+        gamma: discount of the return whose running std scales rewards (``normalize_reward``).
+        render_mode: passed to ``gymnasium.make`` (e.g. ``rgb_array`` for video).
+
+    Raises:
+        ConfigError: as :func:`check_env`.
+    """
+    check_env(cfg).close()
+    if cfg.family is EnvFamily.atari or cfg.vectorization != "vector_entry_point" or render_mode:
+        fns = [_env_fn(cfg, render_mode) for _ in range(num_envs)]
+        if cfg.vectorization == "async":
+            envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(fns)
+        else:
+            envs = gym.vector.SyncVectorEnv(fns)
+    else:
+        kwargs = dict(cfg.kwargs)
+        if cfg.max_episode_steps is not None:
+            kwargs["max_episode_steps"] = cfg.max_episode_steps
+        envs = gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+    if cfg.family is not EnvFamily.atari:
+        envs = vw.RecordEpisodeStatistics(envs)
+    if isinstance(envs.single_action_space, gym.spaces.Box):
+        envs = vw.ClipAction(envs)
+    if cfg.normalize_obs:
+        envs = vw.NormalizeObservation(envs)
+        bound = cfg.clip_obs
+        envs = vw.TransformObservation(envs, lambda obs: np.clip(obs, -bound, bound))
+    if cfg.normalize_reward:
+        envs = vw.NormalizeReward(envs, gamma=gamma)
+        rbound = cfg.clip_reward
+        envs = vw.TransformReward(envs, lambda r: np.clip(r, -rbound, rbound))
+    return envs
+
+
+def completed_episodes(infos: dict) -> list[tuple[int, float, int]]:
+    """``(env_index, episodic_return, episodic_length)`` of the episodes that ended in this vector
+    step, read from ``RecordEpisodeStatistics``' ``info["episode"]`` (vector or per-env wrapper)."""
+    episode = infos.get("episode")
+    if episode is None:
+        return []
+    mask = infos.get("_episode")
+    if mask is None:
+        mask = episode.get("_r")
+    if mask is None or not np.any(mask):
+        return []
+    returns, lengths = np.asarray(episode["r"]), np.asarray(episode["l"])
+    return [(int(i), float(returns[i]), int(lengths[i])) for i in np.flatnonzero(mask)]
+
+
+def _find_wrapper(envs: gym.vector.VectorEnv, kind: type) -> Any:
+    env: Any = envs
+    while isinstance(env, gym.vector.VectorWrapper):
+        if isinstance(env, kind):
+            return env
+        env = env.env
+    return None
+
+
+def normalization_state(envs: gym.vector.VectorEnv) -> dict[str, dict[str, Any]]:
+    """Running statistics of observation and reward normalization, as plain arrays/floats
+    (``{"obs": {"mean", "var", "count"}, "reward": {...}}``; absent keys: not normalized)."""
+    state: dict[str, dict[str, Any]] = {}
+    for key, kind, attr in (
+        ("obs", vw.NormalizeObservation, "obs_rms"),
+        ("reward", vw.NormalizeReward, "return_rms"),
+    ):
+        wrapper = _find_wrapper(envs, kind)
+        if wrapper is not None:
+            rms = getattr(wrapper, attr)
+            state[key] = {
+                "mean": np.asarray(rms.mean, dtype=np.float64).copy(),
+                "var": np.asarray(rms.var, dtype=np.float64).copy(),
+                "count": float(rms.count),
+            }
+    return state
+
+
+def load_normalization_state(
+    envs: gym.vector.VectorEnv, state: dict[str, dict[str, Any]], freeze: bool = False
+) -> None:
+    """Copy saved statistics into the env's normalization wrappers; ``freeze`` stops updating them
+    (evaluation).
+
+    Raises:
+        ValueError: the saved statistics and the env's wrappers do not match.
+    """
+    for key, kind, attr in (
+        ("obs", vw.NormalizeObservation, "obs_rms"),
+        ("reward", vw.NormalizeReward, "return_rms"),
+    ):
+        wrapper = _find_wrapper(envs, kind)
+        if (wrapper is None) != (key not in state):
+            raise ValueError(
+                f"normalization state mismatch for {key!r}: saved={key in state}, "
+                f"env normalizes={wrapper is not None}"
+            )
+        if wrapper is None:
+            continue
+        rms = getattr(wrapper, attr)
+        rms.mean = np.array(state[key]["mean"], dtype=np.float64)
+        rms.var = np.array(state[key]["var"], dtype=np.float64)
+        rms.count = float(state[key]["count"])
+        if freeze:
+            wrapper.update_running_mean = False

@@ -1,0 +1,206 @@
+"""Actor-critic networks: shared trunk or separate actor and critic; MLP or Nature CNN.
+
+Initialization follows the 37 implementation details of PPO (Huang et al. 2022), detail 2:
+orthogonal weights with gain sqrt(2) on hidden layers, 0.01 on the policy head and 1 on the value
+head; zero biases. Image observations arrive as uint8 ``(B, C, H, W)`` and are scaled by 1/255
+inside the network (Atari detail 8), so the rollout buffer can store uint8.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ppo_lab.config import ActionType, ConfigError
+from ppo_lab.distributions import Categorical, DiagGaussian
+
+#: Bounds of the state-independent log std: exp(-20) ~ 2e-9, exp(2) ~ 7.4. Keeps log-probs finite.
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weight init with ``gain`` and constant bias (37 details, detail 2)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+def _activation(name: str) -> type[nn.Module]:
+    return {"tanh": nn.Tanh, "relu": nn.ReLU}[name]
+
+
+def mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
+    """Hidden layers of an MLP: ``in_dim -> hidden_sizes[-1]``, each followed by the activation."""
+    layers: list[nn.Module] = []
+    act = _activation(activation)
+    for width in hidden_sizes:
+        layers += [layer_init(nn.Linear(in_dim, width)), act()]
+        in_dim = width
+    return nn.Sequential(*layers)
+
+
+class NatureCNN(nn.Module):
+    """Nature DQN trunk (Mnih et al. 2015): uint8 ``(B, C, 84, 84)`` -> ``(B, hidden)`` features.
+
+    Pixels are scaled by 1/255 here, so observations stay uint8 until they reach the network.
+    """
+
+    def __init__(self, in_channels: int, screen: tuple[int, int], hidden: int = 512) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            layer_init(nn.Conv2d(in_channels, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_flat = self.convs(torch.zeros(1, in_channels, *screen)).shape[1]
+        self.fc = nn.Sequential(layer_init(nn.Linear(n_flat, hidden)), nn.ReLU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.fc(self.convs(obs.float() / 255.0))
+
+
+class ActorCritic(nn.Module):
+    """Policy and value function for one observation and action space.
+
+    Args:
+        observation_space: ``Box`` of the single (not batched) env. ``kind="mlp"`` flattens it;
+            ``kind="cnn"`` expects ``(C, H, W)`` uint8 frames.
+        action_space: ``Discrete`` (Categorical policy) or ``Box`` (diagonal Gaussian with
+            state-independent log std; 37 details, continuous detail 2).
+        action_type: the configured action type; must match ``action_space``.
+        kind: ``mlp`` or ``cnn``.
+        shared: one trunk feeding both heads (true), or separate actor and critic (false).
+        hidden_sizes: MLP widths, or ``[width]`` of the CNN's last layer.
+        activation: ``tanh`` or ``relu`` (MLP only).
+        log_std_init: initial log std (continuous only).
+
+    Raises:
+        ConfigError: the action type does not match the env's action space, or the network kind
+            does not fit the observation (e.g. a CNN on vector observations).
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Box,
+        action_space: gym.Space,
+        action_type: ActionType = ActionType.discrete,
+        kind: str = "mlp",
+        shared: bool = False,
+        hidden_sizes: Sequence[int] = (64, 64),
+        activation: str = "tanh",
+        log_std_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_action_type(action_space, action_type)
+        check_network_fits(observation_space, kind)
+        self.continuous = action_type is ActionType.continuous
+        if self.continuous:
+            out_dim = int(np.prod(action_space.shape))
+            self.dist = DiagGaussian()
+            self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)))
+        else:
+            out_dim = int(action_space.n)
+            self.dist = Categorical()
+        self.shared = shared
+
+        def trunk() -> tuple[nn.Module, int]:
+            if kind == "cnn":
+                c, h, w = observation_space.shape
+                return NatureCNN(c, (h, w), hidden_sizes[-1]), hidden_sizes[-1]
+            in_dim = int(np.prod(observation_space.shape))
+            return nn.Sequential(nn.Flatten(), mlp(in_dim, hidden_sizes, activation)), hidden_sizes[-1]
+
+        self.actor_trunk, feat = trunk()
+        self.critic_trunk = self.actor_trunk if shared else trunk()[0]
+        self.policy_head = layer_init(nn.Linear(feat, out_dim), gain=0.01)
+        self.value_head = layer_init(nn.Linear(feat, 1), gain=1.0)
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """One fused pass: ``obs`` ``(B, *obs_shape)`` -> (logits ``(B, n)`` or mean ``(B, d)``, value ``(B,)``)."""
+        actor_features = self.actor_trunk(obs)
+        critic_features = actor_features if self.shared else self.critic_trunk(obs)
+        return self.policy_head(actor_features), self.value_head(critic_features).squeeze(-1)
+
+    def value(self, obs: Tensor) -> Tensor:
+        """``(B,)`` state values V(s)."""
+        return self.value_head(self.critic_trunk(obs)).squeeze(-1)
+
+    def clamped_log_std(self) -> Tensor:
+        """``(d,)`` log std clamped to [LOG_STD_MIN, LOG_STD_MAX] (continuous only)."""
+        return self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Choose actions for a batch of observations.
+
+        Args:
+            obs: ``(B, *obs_shape)``.
+            deterministic: take the mode (argmax / mean) instead of sampling.
+
+        Returns:
+            actions ``(B,)`` int64 or ``(B, d)`` float (unclipped), their log-probs ``(B,)``, values ``(B,)``.
+        """
+        params, value = self(obs)
+        if self.continuous:
+            log_std = self.clamped_log_std()
+            action = self.dist.mode(params) if deterministic else self.dist.sample(params, log_std)
+            return action, self.dist.log_prob(params, log_std, action), value
+        action = self.dist.mode(params) if deterministic else self.dist.sample(params)
+        return action, self.dist.log_prob(params, action), value
+
+    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under the current policy."""
+        params, value = self(obs)
+        if self.continuous:
+            logp, ent = self.dist.log_prob_entropy(params, self.clamped_log_std(), actions)
+        else:
+            logp, ent = self.dist.log_prob_entropy(params, actions)
+        return logp, ent, value
+
+
+def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
+    """Raise :class:`ConfigError` unless ``action_type`` fits ``action_space``."""
+    actual = (
+        ActionType.discrete
+        if isinstance(action_space, gym.spaces.Discrete)
+        else ActionType.continuous
+        if isinstance(action_space, gym.spaces.Box)
+        else None
+    )
+    if actual is None:
+        raise ConfigError(
+            f"action space {action_space} is not supported; allowed: Discrete (action=discrete) "
+            "or Box (action=continuous)"
+        )
+    if actual is not action_type:
+        raise ConfigError(
+            f"action={action_type.value} does not fit the env's action space {action_space}; "
+            f"allowed: action={actual.value}"
+        )
+
+
+def check_network_fits(observation_space: gym.Space, kind: str) -> None:
+    """Raise :class:`ConfigError` when ``kind`` cannot read ``observation_space``."""
+    if not isinstance(observation_space, gym.spaces.Box):
+        raise ConfigError(f"observation space {observation_space} is not supported; allowed: Box")
+    is_image = len(observation_space.shape) == 3 and observation_space.dtype == np.uint8
+    if kind == "cnn" and not is_image:
+        raise ConfigError(
+            f"network.kind=cnn needs image observations (C, H, W) uint8, but the env gives "
+            f"{observation_space.shape} {observation_space.dtype}; allowed: network=mlp_shared or "
+            "network=mlp_separate"
+        )
+    if kind == "mlp" and is_image:
+        raise ConfigError(
+            f"network.kind=mlp on image observations {observation_space.shape}; allowed: "
+            "network=cnn_shared or network=cnn_separate"
+        )

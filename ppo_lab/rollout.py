@@ -1,0 +1,135 @@
+"""Rollout buffer and collection over a gymnasium vector env with next-step autoreset.
+
+With gymnasium 1.x's default autoreset, the step that ends an episode returns the true final
+observation; the *next* ``step`` call resets that env (its action is ignored, reward 0). So:
+
+* the value computed at step t + 1 from the stored observation is V(true final observation),
+  exactly the bootstrap value a *truncated* episode needs (``advantages.compute_gae``);
+* the reset step itself is not a transition of any episode: it is stored with ``valid = False``
+  and left out of the loss.
+
+Storage is preallocated once; pixel observations stay uint8 (Atari detail 8 keeps scaling in the
+network).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor
+
+from ppo_lab.envs import completed_episodes
+from ppo_lab.networks import ActorCritic
+
+
+@dataclass
+class RolloutBuffer:
+    """One rollout of ``T = num_steps`` vector steps over ``N = num_envs`` envs.
+
+    Attributes:
+        obs: ``(T, N, *obs_shape)`` observation each action was taken in (uint8 for pixels).
+        actions: ``(T, N)`` int64 or ``(T, N, d)`` float32, the unclipped sampled actions.
+        logprobs: ``(T, N)`` log pi_old(a|s).
+        values: ``(T, N)`` V_old(s).
+        rewards: ``(T, N)`` float32 numpy, as the (possibly normalized) env returned them.
+        terminated: ``(T, N)`` bool numpy.
+        truncated: ``(T, N)`` bool numpy.
+        valid: ``(T, N)`` bool numpy; False for autoreset steps.
+        next_value: ``(N,)`` V of the observation after the last step.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    logprobs: Tensor
+    values: Tensor
+    rewards: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    valid: np.ndarray
+    next_value: Tensor
+
+    @classmethod
+    def allocate(
+        cls, num_steps: int, envs: gym.vector.VectorEnv, device: torch.device
+    ) -> "RolloutBuffer":
+        """Preallocate storage for ``num_steps`` steps of ``envs``."""
+        n = envs.num_envs
+        obs_space, act_space = envs.single_observation_space, envs.single_action_space
+        obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
+        if isinstance(act_space, gym.spaces.Box):
+            actions = torch.zeros((num_steps, n, *act_space.shape), dtype=torch.float32, device=device)
+        else:
+            actions = torch.zeros((num_steps, n), dtype=torch.long, device=device)
+        shape = (num_steps, n)
+        return cls(
+            obs=torch.zeros((num_steps, n, *obs_space.shape), dtype=obs_dtype, device=device),
+            actions=actions,
+            logprobs=torch.zeros(shape, device=device),
+            values=torch.zeros(shape, device=device),
+            rewards=np.zeros(shape, dtype=np.float32),
+            terminated=np.zeros(shape, dtype=bool),
+            truncated=np.zeros(shape, dtype=bool),
+            valid=np.ones(shape, dtype=bool),
+            next_value=torch.zeros(n, device=device),
+        )
+
+    def next_values(self) -> np.ndarray:
+        """``(T, N)`` V of the observation each step reached: ``values[t + 1]``, and ``next_value``
+        for the last step (with next-step autoreset, the true final observation's value)."""
+        values = torch.cat([self.values[1:], self.next_value.unsqueeze(0)])
+        return values.cpu().numpy()
+
+
+class RolloutCollector:
+    """Steps the vector env with the current policy and fills a :class:`RolloutBuffer`.
+
+    Args:
+        envs: the vector env (next-step autoreset).
+        num_steps: vector steps per rollout.
+        device: where the network lives.
+        seed: seed of the first ``envs.reset`` (env i gets ``seed + i``).
+    """
+
+    def __init__(
+        self, envs: gym.vector.VectorEnv, num_steps: int, device: torch.device, seed: int
+    ) -> None:
+        self.envs = envs
+        self.device = device
+        self.buffer = RolloutBuffer.allocate(num_steps, envs, device)
+        next_obs, _ = envs.reset(seed=seed)
+        envs.action_space.seed(seed)
+        self.next_obs = next_obs
+        self.prev_done = np.zeros(envs.num_envs, dtype=bool)
+        self.continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+
+    @torch.inference_mode()
+    def collect(self, network: ActorCritic) -> tuple[RolloutBuffer, list[tuple[float, int]]]:
+        """Run ``num_steps`` vector steps.
+
+        Returns:
+            The filled buffer (reused between calls) and the ``(episodic_return, episodic_length)``
+            of every episode that ended during the rollout.
+        """
+        buf, episodes = self.buffer, []
+        for t in range(buf.obs.shape[0]):
+            obs = buf.obs[t]
+            obs.copy_(torch.from_numpy(np.asarray(self.next_obs)))
+            action, logprob, value = network.act(obs)
+            buf.actions[t] = action
+            buf.logprobs[t] = logprob
+            buf.values[t] = value
+            buf.valid[t] = ~self.prev_done
+            self.next_obs, reward, terminated, truncated, infos = self.envs.step(action.cpu().numpy())
+            buf.rewards[t] = reward
+            buf.terminated[t] = terminated
+            buf.truncated[t] = truncated
+            self.prev_done = terminated | truncated
+            if infos:
+                episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
+        buf.next_value.copy_(
+            network.value(torch.as_tensor(np.asarray(self.next_obs), device=self.device))
+        )
+        return buf, episodes

@@ -1,0 +1,167 @@
+"""Wiring of one training run, in a visible order: validate -> env -> network -> loggers -> trainer.
+
+``train.py`` is the Hydra entry point; it calls :func:`train` with the composed config and the
+Hydra run dir. Tests call :func:`train` directly with a config composed by ``hydra.compose``.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from ppo_lab.checkpoint import find_checkpoint, load_checkpoint
+from ppo_lab.config import ConfigError, TrainConfig, apply_aliases, to_typed
+from ppo_lab.envs import make_vec_env
+from ppo_lab.loggers import JsonlLogger, Loggers, WandbLogger
+from ppo_lab.networks import check_action_type, check_network_fits
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu.
+
+    Raises:
+        ConfigError: ``cuda`` asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; allowed: device=cpu or device=auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, torch_threads: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; set torch's thread count."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(torch_threads)
+    torch.backends.cudnn.deterministic = deterministic
+
+
+def resolved_config(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any]:
+    """The run's config as plain data with aliases applied (what W&B and checkpoints store)."""
+    cfg = cfg.copy()
+    apply_aliases(cfg)
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    if overrides is not None:
+        data["overrides"] = list(overrides)
+    return data
+
+
+def run_name(cfg: TrainConfig, overrides: Optional[list[str]] = None) -> str:
+    """``cfg.run_name``, or ``<env id>__s<seed>__<override list>`` / ``<env id>__s<seed>__<time>``."""
+    if cfg.run_name:
+        return cfg.run_name
+    if overrides:
+        return f"{cfg.env.id}__" + ",".join(o for o in overrides if not o.startswith("hydra"))
+    return f"{cfg.env.id}__s{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    overrides: Optional[list[str]] = None,
+    sweep_dir: Optional[str] = None,
+) -> dict[str, float]:
+    """Train one run and return its final evaluation metrics.
+
+    Args:
+        cfg: the composed config (``conf/train.yaml`` plus overrides).
+        run_dir: where config, checkpoints, metrics and W&B files go.
+        overrides: the command-line overrides (for the run name and W&B config).
+        sweep_dir: the multirun's sweep dir (the W&B group), if any.
+
+    Raises:
+        ConfigError: a bad value, before any env is built; or a mismatch found when the env or
+            network is built, before training starts.
+        CheckpointError: ``resume`` names a missing or unreadable checkpoint.
+    """
+    run_dir = Path(run_dir)
+    # 0. Validate the whole config once; read the checkpoint to resume from.
+    typed = to_typed(cfg)
+    resume_state = load_checkpoint(find_checkpoint(typed.resume)) if typed.resume else None
+    run_config = resolved_config(cfg, overrides)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
+    seed_everything(typed.seed, typed.torch_threads, typed.torch_deterministic)
+    device = resolve_device(typed.device)
+
+    # 1. Environment.
+    envs = make_vec_env(typed.env, typed.agent.num_envs, typed.agent.gamma)
+    try:
+        check_action_type(envs.single_action_space, typed.action.type)
+        check_network_fits(envs.single_observation_space, typed.network.kind)
+        # 2. Network (Hydra instantiates network.yaml's _target_).
+        network = instantiate(
+            OmegaConf.structured(typed.network),
+            observation_space=envs.single_observation_space,
+            action_space=envs.single_action_space,
+            action_type=typed.action.type,
+            log_std_init=typed.action.log_std_init,
+            _convert_="all",
+        ).to(device)
+        if resume_state is not None:
+            _check_compatible(resume_state, network, typed.resume)
+        # 3. Loggers.
+        sinks: list[Any] = [JsonlLogger(run_dir)]
+        if typed.logger.kind == "wandb":
+            group = Path(sweep_dir).name if sweep_dir else None
+            run_id = resume_state.get("wandb_run_id") if resume_state else None
+            sinks.append(WandbLogger(typed.logger, run_dir, run_config, run_name(typed, overrides),
+                                     group=group, run_id=run_id))
+        loggers = Loggers(sinks)
+    except BaseException:
+        envs.close()
+        raise
+    # 4. Trainer (Hydra instantiates trainer._target_), then fit. Loggers always finish.
+    exit_code = 1
+    try:
+        make_trainer = instantiate(OmegaConf.structured(typed.trainer), _partial_=True)
+        trainer = make_trainer(cfg=typed, envs=envs, network=network, loggers=loggers,
+                               run_dir=run_dir, device=device, run_config=run_config,
+                               resume_state=resume_state)
+        result = trainer.fit()
+        exit_code = 0
+        return result
+    finally:
+        loggers.finish(exit_code)
+        envs.close()
+
+
+def _check_compatible(state: dict[str, Any], network: torch.nn.Module, source: Any) -> None:
+    saved = state["model"]
+    current = network.state_dict()
+    mismatched = sorted(
+        k for k in set(saved) | set(current)
+        if k not in saved or k not in current or saved[k].shape != current[k].shape
+    )
+    if mismatched:
+        raise ConfigError(
+            f"resume={source}: the checkpoint's network does not match this config's network "
+            f"(parameters differ: {', '.join(mismatched[:5])}); resume with the run's own env and "
+            "network settings"
+        )
+
+
+def main_guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn``; turn a :class:`ConfigError` or ``CheckpointError`` into one line on stderr and
+    exit status 2 (no traceback), and an interrupt or divergence into its message and status 1."""
+    from ppo_lab.checkpoint import CheckpointError
+    from ppo_lab.trainer import TrainingDiverged, TrainingInterrupted
+
+    try:
+        return fn(*args, **kwargs)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except (TrainingInterrupted, TrainingDiverged) as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,317 @@
+"""The PPO training loop: collect -> advantages -> update epochs -> log -> evaluate/checkpoint.
+
+Read top to bottom like CleanRL's ppo.py. Every one of the implementation details it uses is a
+named step here or in the module it calls (details table: ``docs/details.md``).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import signal
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ppo_lab.advantages import compute_gae
+from ppo_lab.checkpoint import save_checkpoint
+from ppo_lab.config import LossType, TrainConfig
+from ppo_lab.envs import load_normalization_state, normalization_state
+from ppo_lab.evaluation import evaluate_policy
+from ppo_lab.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
+from ppo_lab.networks import ActorCritic
+from ppo_lab.rollout import RolloutBuffer, RolloutCollector
+from ppo_lab.schedules import linear_anneal
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or parameter became NaN/inf. The message names the update and the quantity."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """SIGTERM/SIGINT arrived; a checkpoint was saved. The message says how to resume."""
+
+
+class Trainer:
+    """PPO-clip (or PPO-penalty) over a vector env.
+
+    Args:
+        cfg: the validated run config.
+        envs: the training vector env (``envs.make_vec_env``).
+        network: the actor-critic.
+        loggers: metric sinks (``loggers.Loggers``).
+        run_dir: the run's dir; checkpoints go to ``run_dir/checkpoints``.
+        device: where the network and rollout tensors live.
+        run_config: the resolved config as plain data, stored in every checkpoint.
+        resume_state: a loaded checkpoint to continue from (see ``checkpoint.py``).
+    """
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        envs: gym.vector.VectorEnv,
+        network: ActorCritic,
+        loggers: Any,
+        run_dir: Path,
+        device: torch.device,
+        run_config: dict[str, Any],
+        resume_state: Optional[dict[str, Any]] = None,
+    ) -> None:
+        self.cfg, self.envs, self.network, self.loggers = cfg, envs, network, loggers
+        self.run_dir, self.device, self.run_config = Path(run_dir), device, run_config
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        a = cfg.agent
+        self.num_iterations = cfg.total_timesteps // a.batch_size
+        # 37 details, detail 3: Adam with eps 1e-5.
+        self.optimizer = torch.optim.Adam(network.parameters(), lr=a.learning_rate, eps=a.adam_eps)
+        self.params = [p for p in network.parameters()]
+        self.global_step, self.iteration = 0, 0
+        self.kl_beta = a.kl_beta
+        self.best_eval_return = -math.inf
+        self.last_eval: Optional[dict[str, float]] = None
+        self.recent_returns: deque[float] = deque(maxlen=20)
+        self._stop_signal: Optional[int] = None
+        self.collector = RolloutCollector(envs, a.num_steps, device, cfg.seed)
+        if resume_state is not None:
+            self._restore(resume_state)
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> dict[str, float]:
+        """Train until ``total_timesteps``; returns the final evaluation metrics (``eval/...``).
+
+        Raises:
+            TrainingDiverged: non-finite loss or parameters (the last checkpoint is left intact).
+            TrainingInterrupted: SIGTERM/SIGINT; a checkpoint was written first.
+        """
+        a = self.cfg.agent
+        start = time.perf_counter()
+        start_step = self.global_step
+        bar = tqdm(total=self.num_iterations * a.batch_size, initial=self.global_step, unit="step",
+                   disable=not self.cfg.progress, dynamic_ncols=True, mininterval=1.0)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            for iteration in range(self.iteration + 1, self.num_iterations + 1):
+                # 1. Schedules: linear annealing of lr and clip_coef (detail 4).
+                lr, clip_coef = self._schedules(iteration)
+                # 2. Rollout: num_steps vector steps with the current policy (detail 1).
+                buf, episodes = self.collector.collect(self.network)
+                self.global_step += a.batch_size
+                self.iteration = iteration
+                # 3. Advantages: GAE with bootstrap on truncation (detail 5).
+                advantages, returns = compute_gae(
+                    buf.rewards, buf.values.cpu().numpy(), buf.next_values(),
+                    buf.terminated, buf.truncated, a.gamma, a.gae_lambda,
+                )
+                # 4. Update: epochs of shuffled minibatches (details 6-11).
+                stats = self._update(buf, advantages, returns, clip_coef)
+                # 5. Log.
+                sps = (self.global_step - start_step) / (time.perf_counter() - start)
+                self._log(stats, episodes, lr, clip_coef, sps)
+                bar.update(a.batch_size)
+                bar.set_postfix(sps=f"{sps:,.0f}", ret=self._recent_return(), refresh=False)
+                # 6. Evaluate and checkpoint.
+                if self.cfg.eval_interval and iteration % self.cfg.eval_interval == 0:
+                    self.evaluate()
+                if iteration % self.cfg.checkpoint_interval == 0:
+                    self.save(f"update_{iteration:06d}.pt")
+                if self._stop_signal is not None:
+                    self._interrupt()
+            final = self.evaluate()
+            self.save("final.pt")
+            final["time/wall_s"] = time.perf_counter() - start
+            self.loggers.summary(final)
+            return final
+        finally:
+            bar.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    # ------------------------------------------------------------------ phases
+    def _schedules(self, iteration: int) -> tuple[float, float]:
+        a = self.cfg.agent
+        lr = linear_anneal(a.learning_rate, iteration, self.num_iterations) if a.anneal_lr else a.learning_rate
+        clip = linear_anneal(a.clip_coef, iteration, self.num_iterations) if a.anneal_clip else a.clip_coef
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr, clip
+
+    def _update(
+        self, buf: RolloutBuffer, advantages: np.ndarray, returns: np.ndarray, clip_coef: float
+    ) -> dict[str, float]:
+        """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over the valid steps.
+
+        Autoreset steps (``buf.valid`` False) are dropped, so minibatches split the valid steps
+        as evenly as possible. Early stop: after an epoch whose mean approx_kl exceeds
+        ``target_kl``.
+        """
+        a, dev = self.cfg.agent, self.device
+        obs = buf.obs.flatten(0, 1)
+        actions = buf.actions.flatten(0, 1)
+        old_logprobs, old_values = buf.logprobs.flatten(), buf.values.flatten()
+        b_adv = torch.from_numpy(advantages.reshape(-1)).to(dev)
+        b_ret = torch.from_numpy(returns.reshape(-1)).to(dev)
+        valid = torch.from_numpy(np.flatnonzero(buf.valid.reshape(-1))).to(dev)
+        kl_beta = self.kl_beta if a.loss is LossType.kl_penalty else None
+
+        totals: dict[str, Tensor] = {}
+        count, epochs_run = 0, 0
+        for epoch in range(a.update_epochs):
+            epoch_kl, epoch_mbs = torch.zeros((), device=dev), 0
+            perm = valid[torch.randperm(valid.numel(), device=dev)]
+            for mb in perm.tensor_split(a.num_minibatches):
+                if mb.numel() == 0:
+                    continue
+                new_logprob, entropy, new_value = self.network.evaluate_actions(obs[mb], actions[mb])
+                terms = ppo_losses(
+                    new_logprob, old_logprobs[mb], b_adv[mb], new_value, old_values[mb], b_ret[mb],
+                    entropy, clip_coef, a.clip_vloss, a.norm_adv, kl_beta,
+                )
+                loss = total_loss(terms, a.ent_coef, a.vf_coef)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                # Detail 11: global gradient clipping.
+                grad_norm = nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
+                self.optimizer.step()
+                terms = {k: v.detach() for k, v in terms.items()}
+                terms["loss"], terms["grad_norm"] = loss.detach(), grad_norm
+                for k, v in terms.items():
+                    totals[k] = totals.get(k, 0.0) + v
+                count += 1
+                epoch_kl, epoch_mbs = epoch_kl + terms["approx_kl"], epoch_mbs + 1
+            epochs_run = epoch + 1
+            last_epoch_kl = float(epoch_kl / max(epoch_mbs, 1))
+            if a.target_kl is not None and last_epoch_kl > a.target_kl:
+                break
+
+        stats = {k: float(v / count) for k, v in totals.items()}
+        self._check_finite(stats)
+        stats["epochs"] = epochs_run
+        stats["explained_variance"] = explained_variance(old_values[valid], b_ret[valid])
+        if kl_beta is not None:
+            self.kl_beta = update_kl_beta(self.kl_beta, last_epoch_kl, a.kl_target)
+            stats["kl_beta"] = self.kl_beta
+        if self.network.continuous:
+            stats["action_std"] = float(self.network.clamped_log_std().detach().exp().mean())
+        return stats
+
+    def _check_finite(self, stats: dict[str, float]) -> None:
+        for key in ("loss", "policy_loss", "value_loss", "entropy", "grad_norm"):
+            if not math.isfinite(stats.get(key, 0.0)):
+                raise TrainingDiverged(
+                    f"update {self.iteration} (global_step {self.global_step}): train/{key} is "
+                    f"{stats[key]}; stopping. The last good checkpoint in {self.ckpt_dir} is intact."
+                )
+        for name, param in self.network.named_parameters():
+            if not torch.isfinite(param).all():
+                raise TrainingDiverged(
+                    f"update {self.iteration} (global_step {self.global_step}): parameter {name} "
+                    f"is not finite; stopping. The last good checkpoint in {self.ckpt_dir} is intact."
+                )
+
+    def _log(
+        self, stats: dict[str, float], episodes: list[tuple[float, int]], lr: float, clip: float, sps: float
+    ) -> None:
+        metrics = {f"train/{k}": v for k, v in stats.items()}
+        metrics.update({"train/learning_rate": lr, "train/clip_coef": clip, "time/sps": sps,
+                        "time/iteration": self.iteration})
+        if episodes:
+            returns = [r for r, _ in episodes]
+            self.recent_returns.extend(returns)
+            metrics["charts/episodic_return"] = float(np.mean(returns))
+            metrics["charts/episodic_length"] = float(np.mean([n for _, n in episodes]))
+            metrics["charts/episodes"] = len(episodes)
+        self.loggers.log(metrics, self.global_step)
+
+    def _recent_return(self) -> str:
+        return f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> dict[str, float]:
+        """Run ``eval_episodes`` episodes with frozen normalization; log ``eval/...``; keep ``best.pt``."""
+        results = evaluate_policy(
+            self.network, self.cfg.env, self.cfg.eval_episodes, self.cfg.eval_seed,
+            self.cfg.eval_deterministic, normalization_state(self.envs), self.device,
+        )
+        returns = np.array([r for r, _ in results])
+        metrics = {
+            "eval/episodic_return": float(returns.mean()),
+            "eval/episodic_return_std": float(returns.std()),
+            "eval/episodic_length": float(np.mean([n for _, n in results])),
+        }
+        self.loggers.log(metrics, self.global_step)
+        self.last_eval = metrics
+        if metrics["eval/episodic_return"] > self.best_eval_return:
+            self.best_eval_return = metrics["eval/episodic_return"]
+            self.save("best.pt")
+        return {**metrics, "eval/best_episodic_return": self.best_eval_return,
+                "global_step": float(self.global_step)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: model, optimizer, counters, schedules' position,
+        normalization statistics, RNG states (python, numpy, torch) and the W&B run id."""
+        np_state = np.random.get_state()
+        norm = {
+            key: {k: torch.as_tensor(v) for k, v in stats.items()}
+            for key, stats in normalization_state(self.envs).items()
+        }
+        return {
+            "model": self.network.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "global_step": self.global_step,
+            "iteration": self.iteration,
+            "kl_beta": self.kl_beta,
+            "best_eval_return": self.best_eval_return,
+            "config": self.run_config,
+            "normalization": norm,
+            "rng": {
+                "python": random.getstate(),
+                "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+                "torch": torch.get_rng_state(),
+            },
+            "wandb_run_id": self.loggers.wandb_run_id,
+        }
+
+    def save(self, name: str) -> Path:
+        """Write ``checkpoints/<name>`` atomically; prune periodic checkpoints beyond ``keep_last``."""
+        path = save_checkpoint(self.state_dict(), self.ckpt_dir / name)
+        periodic = sorted(self.ckpt_dir.glob("update_*.pt"))
+        for old in periodic[: -self.cfg.keep_last]:
+            old.unlink()
+        return path
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        self.network.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
+        self.kl_beta = float(state["kl_beta"])
+        self.best_eval_return = float(state["best_eval_return"])
+        norm = {k: {n: v.numpy() if n != "count" else float(v) for n, v in s.items()}
+                for k, s in state["normalization"].items()}
+        load_normalization_state(self.envs, norm)
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np_state = rng["numpy"]
+        np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
+        torch.set_rng_state(rng["torch"])
+
+    # ------------------------------------------------------------------ signals
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self._stop_signal is not None:  # second signal: stop now
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+
+    def _interrupt(self) -> None:
+        path = self.save(f"update_{self.iteration:06d}.pt")
+        name = signal.Signals(self._stop_signal).name
+        raise TrainingInterrupted(
+            f"{name} received at update {self.iteration} (global_step {self.global_step}); "
+            f"checkpoint saved to {path}. Resume with: python train.py resume={self.run_dir}"
+        )

@@ -1,0 +1,27 @@
+"""Bad input stops before training with a message naming the key, the value and what is allowed."""
+
+import pytest
+
+from conftest import run_script
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["env=nope"], ["Could not find 'env/nope'", "cartpole", "lunarlander"]),
+        (["agent.foo=1"], ["Key 'foo' not in 'AgentConfig'", "agent.foo"]),
+        (["agent.clip_coef=0"], ["error: agent.clip_coef=0.0 is not allowed: must be > 0"]),
+        (["agent.num_minibatches=7"], ["error: agent.num_minibatches=7 does not divide batch_size=256"]),
+        (["action=continuous"], ["error: action=continuous does not fit the env's action space Discrete(2)",
+                                 "allowed: action=discrete"]),
+        (["env=pendulum", "action=discrete"], ["error: action=discrete does not fit", "allowed: action=continuous"]),
+        (["env.id=NoSuchEnv-v0"], ["error: env.id='NoSuchEnv-v0' is not a registered gymnasium id"]),
+    ],
+)
+def test_bad_input_message_and_no_training(tmp_path, args, expected):
+    proc = run_script("train.py", args + ["logger=none"], cwd=tmp_path, timeout=120)
+    assert proc.returncode != 0
+    for text in expected:
+        assert text in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not list(tmp_path.glob("outputs/*/*/checkpoints"))

@@ -1,0 +1,110 @@
+"""Every config combination composes and validates; env configs pull in their defaults; the
+command line wins; aliases work."""
+
+import itertools
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import CONF, compose_cfg
+from ppo_lab.config import ActionType, ConfigError, EnvFamily, TrainConfig, to_typed
+
+
+def group(name):
+    return sorted(p.stem for p in (CONF / name).glob("*.yaml"))
+
+
+def test_groups_exist():
+    assert {"cartpole", "lunarlander", "pendulum"} <= set(group("env"))
+    assert {"classic", "atari", "mujoco"} <= set(group("agent"))
+    assert {"mlp_shared", "mlp_separate", "cnn_shared", "cnn_separate"} <= set(group("network"))
+    assert {"discrete", "continuous"} == set(group("action"))
+    assert {"wandb", "none"} <= set(group("logger"))
+
+
+def combinations(env):
+    """Every network x action pair, and every agent preset and logger, for one env."""
+    for network, action in itertools.product(group("network"), group("action")):
+        yield [f"env={env}", f"network={network}", f"action={action}"]
+    for agent in group("agent"):
+        yield [f"env={env}", f"agent={agent}"]
+    for logger in group("logger"):
+        yield [f"env={env}", f"logger={logger}"]
+
+
+@pytest.mark.parametrize("env", group("env"))
+def test_every_combination_composes(env):
+    for overrides in combinations(env):
+        typed = to_typed(compose_cfg(overrides))
+        assert isinstance(typed, TrainConfig)
+        chosen = dict(o.split("=") for o in overrides)
+        if "network" in chosen:
+            assert typed.network.kind == OmegaConf.load(CONF / "network" / f"{chosen['network']}.yaml").kind
+            assert typed.action.type.value == chosen["action"]
+
+
+@pytest.mark.parametrize("experiment", group("experiment") + [None])
+def test_experiments_and_debug_compose(experiment):
+    overrides = ["debug=fast"] + ([f"experiment={experiment}"] if experiment else [])
+    to_typed(compose_cfg(overrides))
+
+
+def test_default_is_cartpole_with_classic_preset():
+    typed = to_typed(compose_cfg())
+    assert typed.env.id == "CartPole-v1"
+    assert typed.action.type is ActionType.discrete
+    assert (typed.agent.num_envs, typed.agent.num_steps, typed.agent.update_epochs) == (8, 32, 20)
+    assert typed.logger.kind == "wandb"
+
+
+def test_env_pulls_in_its_preset_network_and_action():
+    pend = to_typed(compose_cfg(["env=pendulum"]))
+    assert pend.action.type is ActionType.continuous
+    assert pend.env.normalize_obs and pend.env.normalize_reward
+    lunar = to_typed(compose_cfg(["env=lunarlander"]))
+    assert lunar.env.family is EnvFamily.box2d
+    assert lunar.agent.num_envs == 16 and lunar.agent.gamma == 0.999
+
+
+def test_command_line_wins_over_env_defaults():
+    typed = to_typed(compose_cfg(["env=lunarlander", "agent.gamma=0.9", "network=mlp_shared", "agent.num_envs=4"]))
+    assert typed.agent.gamma == 0.9
+    assert typed.network.shared is True
+    assert typed.agent.num_envs == 4
+    typed = to_typed(compose_cfg(["env=cartpole", "agent=atari"]))
+    assert typed.agent.clip_coef == 0.1  # the atari preset chosen on the command line
+
+
+def test_clip_alias_sets_clip_coef():
+    typed = to_typed(compose_cfg(["env=lunarlander", "agent.clip=0.1"]))
+    assert typed.agent.clip_coef == 0.1
+    assert typed.agent.clip is None
+    assert to_typed(compose_cfg(["agent.lr=0.003"])).agent.learning_rate == 0.003
+
+
+def test_derived_sizes_are_properties():
+    typed = to_typed(compose_cfg(["agent.num_envs=4", "agent.num_steps=128", "agent.num_minibatches=4"]))
+    assert typed.agent.batch_size == 512 and typed.agent.minibatch_size == 128
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("agent.clip_coef=0", "agent.clip_coef=0.0 is not allowed: must be > 0"),
+        ("agent.clip=-0.1", "agent.clip_coef=-0.1 is not allowed: must be > 0"),
+        ("agent.num_minibatches=7", "agent.num_minibatches=7 does not divide batch_size=256 "
+                                    r"\(agent.num_envs=8 x agent.num_steps=32\)"),
+        ("agent.gamma=1.5", "agent.gamma=1.5 is not allowed: must be in"),
+        ("total_timesteps=10", "total_timesteps=10 is smaller than one rollout"),
+        ("device=tpu", "device='tpu' is not allowed: one of auto, cpu, cuda"),
+        ("network.activation=gelu", "network.activation='gelu' is not allowed"),
+    ],
+)
+def test_bad_values_name_key_value_and_allowed(override, message):
+    with pytest.raises(ConfigError, match=message):
+        to_typed(compose_cfg([override]))
+
+
+def test_wrong_type_is_rejected_at_composition():
+    with pytest.raises(Exception, match="agent.num_envs"):
+        to_typed(compose_cfg(["agent.num_envs=many"]))

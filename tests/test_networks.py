@@ -1,0 +1,85 @@
+"""Network construction: init gains, shared vs separate gradients, space checks."""
+
+import math
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from ppo_lab.config import ActionType, ConfigError
+from ppo_lab.networks import ActorCritic
+
+OBS = gym.spaces.Box(-1, 1, (4,), np.float32)
+DISCRETE = gym.spaces.Discrete(3)
+BOX = gym.spaces.Box(-2, 2, (2,), np.float32)
+
+
+def test_orthogonal_init_gains_and_zero_bias():
+    torch.manual_seed(0)
+    net = ActorCritic(OBS, DISCRETE, ActionType.discrete, hidden_sizes=(64, 64))
+    # A (semi-)orthogonal matrix scaled by g has W W^T = g^2 I (or W^T W, whichever is smaller).
+    hidden = net.actor_trunk[1][2]  # Linear(64, 64)
+    first = net.actor_trunk[1][0]  # Linear(4, 64)
+    for layer, gain in ((net.policy_head, 0.01), (net.value_head, 1.0), (hidden, math.sqrt(2)), (first, math.sqrt(2))):
+        w = layer.weight.detach()
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        torch.testing.assert_close(gram, gain**2 * torch.eye(gram.shape[0]), atol=1e-5, rtol=1e-4)
+        assert torch.count_nonzero(layer.bias) == 0
+
+
+def test_initial_policy_is_near_uniform():
+    net = ActorCritic(OBS, DISCRETE, ActionType.discrete)
+    logits, _ = net(torch.randn(16, 4))
+    assert logits.abs().max() < 0.1  # 0.01-gain head -> nearly equal action probabilities
+
+
+def test_separate_networks_value_loss_does_not_reach_actor():
+    net = ActorCritic(OBS, DISCRETE, ActionType.discrete, shared=False)
+    _, value = net(torch.randn(8, 4))
+    value.pow(2).mean().backward()
+    actor_grads = [p.grad for p in list(net.actor_trunk.parameters()) + list(net.policy_head.parameters())]
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in actor_grads)
+    assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in net.critic_trunk.parameters())
+
+
+def test_shared_trunk_value_loss_reaches_trunk():
+    net = ActorCritic(OBS, DISCRETE, ActionType.discrete, shared=True)
+    assert net.actor_trunk is net.critic_trunk
+    _, value = net(torch.randn(8, 4))
+    value.pow(2).mean().backward()
+    assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in net.actor_trunk.parameters())
+
+
+def test_continuous_state_independent_log_std():
+    net = ActorCritic(OBS, BOX, ActionType.continuous, log_std_init=-0.5)
+    torch.testing.assert_close(net.log_std.detach(), torch.full((2,), -0.5))
+    action, logp, value = net.act(torch.randn(5, 4))
+    assert action.shape == (5, 2) and logp.shape == (5,) and value.shape == (5,)
+    mean, _ = net(torch.zeros(1, 4))
+    det, _, _ = net.act(torch.zeros(1, 4), deterministic=True)
+    torch.testing.assert_close(det, mean)
+
+
+def test_action_type_mismatch_is_a_config_error():
+    with pytest.raises(ConfigError, match="action=continuous does not fit .* allowed: action=discrete"):
+        ActorCritic(OBS, DISCRETE, ActionType.continuous)
+    with pytest.raises(ConfigError, match="action=discrete does not fit .* allowed: action=continuous"):
+        ActorCritic(OBS, BOX, ActionType.discrete)
+
+
+def test_cnn_on_vector_obs_is_a_config_error():
+    with pytest.raises(ConfigError, match="network.kind=cnn needs image observations"):
+        ActorCritic(OBS, DISCRETE, ActionType.discrete, kind="cnn", hidden_sizes=(512,))
+
+
+def test_cnn_takes_uint8_frames_and_scales_them():
+    space = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    net = ActorCritic(space, gym.spaces.Discrete(4), ActionType.discrete, kind="cnn", shared=True,
+                      hidden_sizes=(512,), activation="relu")
+    obs = torch.randint(0, 256, (2, 4, 84, 84), dtype=torch.uint8)
+    logits, value = net(obs)
+    assert logits.shape == (2, 4) and value.shape == (2,)
+    # Scaling by 1/255 happens inside: feeding obs/255 as floats *255 gives the same output.
+    logits2, _ = net(obs.float())
+    torch.testing.assert_close(logits, logits2)

@@ -1,0 +1,38 @@
+"""The README's commands stay true: CI runs its test command; the tests run its train command."""
+
+import re
+
+from conftest import ROOT
+
+
+def bash_blocks(text):
+    return re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+
+
+def test_setup_block_is_install_then_default_train():
+    readme = (ROOT / "README.md").read_text()
+    setup = bash_blocks(readme)[0].strip().splitlines()
+    assert setup == ['pip install -e ".[dev]"', "python train.py"]
+    # test_train.test_readme_default_run_solves_cartpole_with_offline_wandb runs `python train.py`.
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    test_cmd = bash_blocks(readme)[1].strip()
+    assert test_cmd == "python -m pytest -q"
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_cmd in [line.strip() for line in ci]
+    assert any("pip install" in line and '-e ".[dev]"' in line for line in ci)
+
+
+def test_override_examples_compose():
+    from conftest import compose_cfg
+    from ppo_lab.config import to_typed
+
+    readme = (ROOT / "README.md").read_text()
+    examples = [b for b in bash_blocks(readme) if "train.py env=lunarlander" in b][0]
+    for line in examples.strip().splitlines():
+        args = line.split("#")[0].split()[2:]
+        if "-m" in args:
+            args = [a.split(",")[0] for a in args if a != "-m"]
+        to_typed(compose_cfg(args))

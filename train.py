@@ -1,0 +1,33 @@
+"""Train PPO: ``python train.py [overrides]`` (see README). Thin Hydra entry point."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from ppo_lab.config import register_configs
+from ppo_lab.run import main_guard, train
+
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> Optional[float]:
+    hc = HydraConfig.get()
+    sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
+    result = main_guard(train, cfg, hc.runtime.output_dir, list(hc.overrides.task), sweep_dir)
+    print(
+        f"eval/episodic_return={result['eval/episodic_return']:.1f} "
+        f"(std {result['eval/episodic_return_std']:.1f}) at global_step={int(result['global_step'])}, "
+        f"wall {result['time/wall_s']:.1f} s; run dir: {hc.runtime.output_dir}"
+    )
+    # The return value is the objective for sweepers (e.g. Optuna): final mean eval return.
+    return result["eval/episodic_return"]
+
+
+if __name__ == "__main__":
+    main()
