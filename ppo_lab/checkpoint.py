@@ -59,11 +59,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return state
 
 
-def find_checkpoint(path: str | Path) -> Path:
+def find_checkpoint(path: str | Path, latest: bool = False) -> Path:
     """Resolve a run dir or a checkpoint file to a checkpoint file.
 
-    A run dir resolves to ``checkpoints/final.pt`` when present, else the newest periodic
-    checkpoint.
+    Args:
+        path: a checkpoint file, a run dir, or a run's ``checkpoints/`` dir.
+        latest: pick the most recently written of ``final.pt`` and ``update_*.pt`` (resume);
+            otherwise ``final.pt`` when present, else the newest periodic checkpoint (evaluate).
 
     Raises:
         CheckpointError: the path does not exist, or the run dir holds no checkpoint.
@@ -75,9 +77,18 @@ def find_checkpoint(path: str | Path) -> Path:
         raise CheckpointError(f"checkpoint path {path} does not exist")
     ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
     final = ckpt_dir / "final.pt"
-    if final.is_file():
-        return final
     periodic = sorted(ckpt_dir.glob("update_*.pt"))
-    if periodic:
-        return periodic[-1]
-    raise CheckpointError(f"no checkpoint found in {path} (looked for checkpoints/final.pt and update_*.pt)")
+    candidates = periodic + ([final] if final.is_file() else [])
+    if not candidates:
+        raise CheckpointError(
+            f"no checkpoint found in {path} (looked for checkpoints/final.pt and checkpoints/update_*.pt)"
+        )
+    if latest:
+        return max(candidates, key=lambda p: p.stat().st_mtime_ns)
+    return final if final.is_file() else periodic[-1]
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    """The run dir a checkpoint file belongs to (the parent of its ``checkpoints/`` dir)."""
+    parent = Path(checkpoint).resolve().parent
+    return parent.parent if parent.name == "checkpoints" else parent

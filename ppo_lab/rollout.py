@@ -105,6 +105,18 @@ class RolloutCollector:
         self.prev_done = np.zeros(envs.num_envs, dtype=bool)
         self.continuous = isinstance(envs.single_action_space, gym.spaces.Box)
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The observation to act on next and which envs are due for an autoreset step."""
+        return {
+            "next_obs": torch.from_numpy(np.array(self.next_obs, copy=True)),
+            "prev_done": torch.from_numpy(self.prev_done.copy()),
+        }
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Continue from :meth:`state_dict` (the env itself must be restored to match)."""
+        self.next_obs = state["next_obs"].numpy().copy()
+        self.prev_done = state["prev_done"].numpy().copy()
+
     @torch.inference_mode()
     def collect(self, network: ActorCritic) -> tuple[RolloutBuffer, list[tuple[float, int]]]:
         """Run ``num_steps`` vector steps.

@@ -17,7 +17,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from ppo_lab.checkpoint import find_checkpoint, load_checkpoint
+from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.config import ConfigError, TrainConfig, apply_aliases, to_typed
 from ppo_lab.envs import make_vec_env
 from ppo_lab.loggers import JsonlLogger, Loggers, WandbLogger
@@ -65,6 +65,12 @@ def run_name(cfg: TrainConfig, overrides: Optional[list[str]] = None) -> str:
     return f"{cfg.env.id}__s{cfg.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def sweep_group(sweep_dir: str | Path) -> str:
+    """W&B group of a multirun: ``sweep_<date>_<time>`` from ``multirun_outputs/<date>/<time>``."""
+    path = Path(sweep_dir)
+    return f"sweep_{path.parent.name}_{path.name}"
+
+
 def train(
     cfg: DictConfig,
     run_dir: str | Path,
@@ -85,12 +91,20 @@ def train(
         CheckpointError: ``resume`` names a missing or unreadable checkpoint.
     """
     run_dir = Path(run_dir)
-    # 0. Validate the whole config once; read the checkpoint to resume from.
+    # 0. Read the checkpoint to resume from (its run's own config); validate the config once.
+    resume_state = None
+    if cfg.get("resume"):
+        ckpt = find_checkpoint(cfg.resume, latest=True)
+        resume_state = load_checkpoint(ckpt)
+        cfg = resume_config(resume_state, cfg.resume, overrides or [])
+        run_dir = run_dir_of(ckpt)
+        print(f"resuming {run_dir} from {ckpt.name} (update {resume_state['iteration']}, "
+              f"global_step {resume_state['global_step']})", file=sys.stderr)
     typed = to_typed(cfg)
-    resume_state = load_checkpoint(find_checkpoint(typed.resume)) if typed.resume else None
     run_config = resolved_config(cfg, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
+    if resume_state is None:
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
     seed_everything(typed.seed, typed.torch_threads, typed.torch_deterministic)
     device = resolve_device(typed.device)
 
@@ -113,7 +127,7 @@ def train(
         # 3. Loggers.
         sinks: list[Any] = [JsonlLogger(run_dir)]
         if typed.logger.kind == "wandb":
-            group = Path(sweep_dir).name if sweep_dir else None
+            group = sweep_group(sweep_dir) if sweep_dir else None
             run_id = resume_state.get("wandb_run_id") if resume_state else None
             sinks.append(WandbLogger(typed.logger, run_dir, run_config, run_name(typed, overrides),
                                      group=group, run_id=run_id))
@@ -134,6 +148,30 @@ def train(
     finally:
         loggers.finish(exit_code)
         envs.close()
+
+
+def resume_config(state: dict[str, Any], resume: str, overrides: list[str]) -> DictConfig:
+    """The config to continue a run with: the run's saved config, plus the command line's
+    ``key.path=value`` overrides (e.g. ``total_timesteps=200000`` to extend it).
+
+    Raises:
+        ConfigError: an override selects a config group (``env=...``): a resumed run keeps its own.
+    """
+    from hydra.core.config_store import ConfigStore  # noqa: F401  (schema registered by train.py)
+
+    saved = OmegaConf.create(state["config"])
+    saved.pop("overrides", None)
+    extra = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
+    groups = {"env", "agent", "network", "action", "logger", "debug", "experiment"}
+    bad = [o for o in extra if o.split("=")[0].lstrip("+~") in groups]
+    if bad:
+        raise ConfigError(
+            f"resume={resume}: group overrides {bad} cannot change a resumed run; allowed: "
+            "key=value overrides such as total_timesteps=200000"
+        )
+    merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(extra)) if extra else saved
+    merged.resume = str(resume)
+    return merged
 
 
 def _check_compatible(state: dict[str, Any], network: torch.nn.Module, source: Any) -> None:

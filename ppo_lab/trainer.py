@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from ppo_lab.advantages import compute_gae
 from ppo_lab.checkpoint import save_checkpoint
-from ppo_lab.config import LossType, TrainConfig
-from ppo_lab.envs import load_normalization_state, normalization_state
+from ppo_lab.config import EnvFamily, LossType, TrainConfig
+from ppo_lab.envs import env_state, load_env_state, load_normalization_state, normalization_state
 from ppo_lab.evaluation import evaluate_policy
 from ppo_lab.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
 from ppo_lab.networks import ActorCritic
@@ -262,6 +262,9 @@ class Trainer:
             key: {k: torch.as_tensor(v) for k, v in stats.items()}
             for key, stats in normalization_state(self.envs).items()
         }
+        # Exact env state (mid-episode) only where it is all numpy data (classic control);
+        # other families restart their episodes on resume (README, "Resume").
+        exact_env = self.cfg.env.family is EnvFamily.classic
         return {
             "model": self.network.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -277,6 +280,8 @@ class Trainer:
                 "torch": torch.get_rng_state(),
             },
             "wandb_run_id": self.loggers.wandb_run_id,
+            "collector": self.collector.state_dict() if exact_env else None,
+            "env_state": env_state(self.envs) if exact_env else None,
         }
 
     def save(self, name: str) -> Path:
@@ -301,6 +306,9 @@ class Trainer:
         np_state = rng["numpy"]
         np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
         torch.set_rng_state(rng["torch"])
+        if state.get("env_state") is not None:
+            load_env_state(self.envs, state["env_state"])
+            self.collector.load_state_dict(state["collector"])
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: Any) -> None:

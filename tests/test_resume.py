@@ -1,0 +1,147 @@
+"""Runs that survive: resume equals an uninterrupted run; SIGTERM saves and resumes; NaN guard."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+import torch
+
+from conftest import compose_cfg, run_script
+from ppo_lab.checkpoint import load_checkpoint, save_checkpoint
+from ppo_lab.config import ConfigError
+from ppo_lab.run import train
+from ppo_lab.trainer import Trainer, TrainingDiverged, TrainingInterrupted
+
+OVERRIDES = ["logger=none", "progress=false", "agent.num_envs=4", "agent.num_steps=64",
+             "total_timesteps=5120", "checkpoint_interval=5", "eval_episodes=2", "seed=3"]
+
+
+class SignalAt:
+    """A metric sink that sends this process SIGTERM when global_step reaches ``step``
+    (the trainer's own handler then checkpoints at the end of that update)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def log(self, metrics, step):
+        if step == self.step and "train/loss" in metrics:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def summary(self, values):
+        pass
+
+    def finish(self, exit_code=0):
+        pass
+
+
+def steps_logged(run_dir):
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["global_step"] for r in rows if "train/loss" in r]
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    train(compose_cfg(OVERRIDES), full)
+
+    # Interrupt the second run by a real SIGTERM at update 7 (global_step 1792).
+    original_init = Trainer.__init__
+
+    def init_with_signal(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.loggers.sinks.append(SignalAt(7 * 256))
+
+    monkeypatch.setattr(Trainer, "__init__", init_with_signal)
+    with pytest.raises(TrainingInterrupted, match=f"Resume with: python train.py resume={parted}"):
+        train(compose_cfg(OVERRIDES), parted)
+    monkeypatch.setattr(Trainer, "__init__", original_init)
+    assert load_checkpoint(parted / "checkpoints" / "update_000007.pt")["iteration"] == 7
+
+    train(compose_cfg(["logger=none", f"resume={parted}"]), tmp_path / "ignored")
+    assert steps_logged(parted) == steps_logged(full) == [256 * i for i in range(1, 21)]
+    a = load_checkpoint(full / "checkpoints" / "final.pt")
+    b = load_checkpoint(parted / "checkpoints" / "final.pt")
+    assert a["global_step"] == b["global_step"] == 5120
+    for key in a["model"]:
+        torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+
+
+def test_sigterm_in_subprocess_saves_checkpoint_and_resume_finishes(tmp_path):
+    args = ["logger=wandb", "progress=false", "total_timesteps=2000000", "checkpoint_interval=100000",
+            "hydra.run.dir=run"]
+    proc = __import__("subprocess").Popen(
+        [__import__("sys").executable, str(__import__("conftest").ROOT / "train.py"), *args],
+        cwd=tmp_path, stdout=-1, stderr=-1, text=True,
+        env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err[-2000:]
+    assert "SIGTERM received" in err and "resume=" in err
+    ckpts = list((tmp_path / "run" / "checkpoints").glob("update_*.pt"))
+    assert len(ckpts) == 1
+    step = load_checkpoint(ckpts[0])["global_step"]
+    # The W&B run was finished (its offline files closed) and continues under the same id.
+    run_id = load_checkpoint(ckpts[0])["wandb_run_id"]
+    assert run_id and list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}"))
+    done = run_script("train.py", [f"resume={tmp_path / 'run'}", f"total_timesteps={step + 2560}",
+                                   "eval_episodes=2"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
+    assert final["global_step"] == step + 2560 - (step + 2560) % 256
+    assert final["wandb_run_id"] == run_id
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
+    import ppo_lab.trainer as trainer_mod
+
+    real = trainer_mod.ppo_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 3 * 20:  # updates 1-3 are fine (20 epochs x 1 minibatch each)
+            out["value_loss"] = out["value_loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_mod, "ppo_losses", poisoned)
+    cfg = compose_cfg(["logger=none", "progress=false", "total_timesteps=2560", "checkpoint_interval=2"])
+    with pytest.raises(TrainingDiverged, match=r"update 4 \(global_step 1024\): train/loss is nan"):
+        train(cfg, tmp_path)
+    kept = load_checkpoint(tmp_path / "checkpoints" / "update_000002.pt")
+    assert kept["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in kept["model"].values())
+
+
+def test_resume_from_missing_or_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    proc = run_script("train.py", [f"resume={tmp_path / 'nope'}", "logger=none"], cwd=tmp_path)
+    assert proc.returncode == 2 and "error: checkpoint path" in proc.stderr and "does not exist" in proc.stderr
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    proc = run_script("train.py", [f"resume={empty}", "logger=none"], cwd=tmp_path)
+    assert proc.returncode == 2 and "no checkpoint found in" in proc.stderr
+    bad = tmp_path / "badrun" / "checkpoints" / "update_000001.pt"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    before = bad.read_bytes()
+    proc = run_script("train.py", [f"resume={bad.parent.parent}", "logger=none"], cwd=tmp_path)
+    assert proc.returncode == 2 and f"checkpoint {bad} is corrupt or truncated" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert bad.read_bytes() == before and sorted(p.name for p in bad.parent.iterdir()) == ["update_000001.pt"]
+
+
+def test_resume_with_mismatched_network_is_refused(tmp_path):
+    cfg = compose_cfg(["logger=none", "progress=false", "total_timesteps=512", "eval_episodes=1"])
+    train(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="network does not match"):
+        train(compose_cfg(["logger=none", f"resume={tmp_path / 'run'}"]), tmp_path / "x",
+              overrides=[f"resume={tmp_path / 'run'}", "network.hidden_sizes=[32]"])
+    with pytest.raises(ConfigError, match="group overrides"):
+        train(compose_cfg(["logger=none", f"resume={tmp_path / 'run'}"]), tmp_path / "x",
+              overrides=[f"resume={tmp_path / 'run'}", "env=lunarlander"])
