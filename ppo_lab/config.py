@@ -233,10 +233,39 @@ class TrainConfig:
     resume: Optional[str] = None
 
 
+@dataclass
+class EvalLoggerConfig:
+    """Where ``evaluate.py`` logs: ``wandb`` (into the training run's group, job_type=eval) or ``none``."""
+
+    kind: str = "wandb"
+    project: str = "ppo_lab"
+    entity: Optional[str] = None
+    mode: Optional[str] = None
+
+
+@dataclass
+class EvaluateConfig:
+    """``python evaluate.py checkpoint=<run dir or .pt file>`` (``conf/evaluate.yaml``)."""
+
+    #: A run dir (uses checkpoints/final.pt, else the newest update_*.pt) or a checkpoint file.
+    checkpoint: str = "???"
+    #: Episodes per seed.
+    eval_episodes: int = 10
+    #: Base seeds; for each seed s, episode k is reset with seed s + k.
+    eval_seeds: list[int] = field(default_factory=lambda: [10_000])
+    #: Mode / mean action (true) or sampled actions (false).
+    deterministic: bool = True
+    #: Record videos of the first episode of each seed with gymnasium's RecordVideo.
+    video: bool = False
+    device: str = "auto"
+    logger: EvalLoggerConfig = field(default_factory=EvalLoggerConfig)
+
+
 def register_configs() -> None:
     """Register :class:`TrainConfig` and its group schemas in Hydra's ConfigStore."""
     cs = ConfigStore.instance()
     cs.store(name="train_schema", node=TrainConfig)
+    cs.store(name="evaluate_schema", node=EvaluateConfig)
     cs.store(group="env", name="schema", node=EnvConfig)
     cs.store(group="agent", name="schema", node=AgentConfig)
     cs.store(group="network", name="schema", node=NetworkConfig)

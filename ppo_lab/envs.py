@@ -158,9 +158,15 @@ def wrap_atari(env: gym.Env, cfg: EnvConfig) -> gym.Env:
     return gym.wrappers.FrameStackObservation(env, cfg.frame_stack)
 
 
-def _env_fn(cfg: EnvConfig, render_mode: str | None) -> Callable[[], gym.Env]:
+def _env_fn(
+    cfg: EnvConfig, render_mode: str | None, video_dir: str | None = None
+) -> Callable[[], gym.Env]:
     def thunk() -> gym.Env:
         env = _make_single(cfg, render_mode)
+        if video_dir is not None:
+            # Outermost-but-preprocessing: records the rendered game of the first episode.
+            env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep == 0,
+                                           disable_logger=True)
         return wrap_atari(env, cfg) if cfg.family is EnvFamily.atari else env
 
     return thunk
@@ -171,6 +177,7 @@ def make_vec_env(
     num_envs: int,
     gamma: float = 0.99,
     render_mode: str | None = None,
+    video_dir: str | None = None,
 ) -> gym.vector.VectorEnv:
     """Build the wrapped vector env of ``num_envs`` copies of ``cfg.id``.
 
@@ -181,13 +188,15 @@ def make_vec_env(
         num_envs: number of parallel envs.
         gamma: discount of the return whose running std scales rewards (``normalize_reward``).
         render_mode: passed to ``gymnasium.make`` (e.g. ``rgb_array`` for video).
+        video_dir: record the first episode of env 0 there (needs ``render_mode="rgb_array"``
+            and moviepy).
 
     Raises:
         ConfigError: as :func:`check_env`.
     """
     check_env(cfg).close()
     if cfg.family is EnvFamily.atari or cfg.vectorization != "vector_entry_point" or render_mode:
-        fns = [_env_fn(cfg, render_mode) for _ in range(num_envs)]
+        fns = [_env_fn(cfg, render_mode, video_dir if i == 0 else None) for i in range(num_envs)]
         if cfg.vectorization == "async":
             envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(fns)
         else:
@@ -253,6 +262,18 @@ def normalization_state(envs: gym.vector.VectorEnv) -> dict[str, dict[str, Any]]
                 "count": float(rms.count),
             }
     return state
+
+
+def normalization_to_tensors(state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """:func:`normalization_state` with arrays as tensors, for a ``weights_only`` checkpoint."""
+    return {key: {k: torch_from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in stats.items()}
+            for key, stats in state.items()}
+
+
+def normalization_from_tensors(state: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Inverse of :func:`normalization_to_tensors`."""
+    return {key: {k: float(v) if k == "count" else v.numpy() for k, v in stats.items()}
+            for key, stats in state.items()}
 
 
 def load_normalization_state(

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
-from ppo_lab.config import EnvConfig
-from ppo_lab.envs import completed_episodes, load_normalization_state, make_vec_env
+from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
+from ppo_lab.config import EnvConfig, EvaluateConfig, to_typed
+from ppo_lab.envs import completed_episodes, load_normalization_state, make_vec_env, normalization_from_tensors
 from ppo_lab.networks import ActorCritic
 
 
@@ -22,6 +26,7 @@ def evaluate_policy(
     normalization: Optional[dict[str, Any]] = None,
     device: torch.device | str = "cpu",
     max_steps: int = 1_000_000,
+    video_dir: Optional[str] = None,
 ) -> list[tuple[float, int]]:
     """Run ``episodes`` episodes, one per parallel env, env k reset with seed ``seed + k``.
 
@@ -35,6 +40,7 @@ def evaluate_policy(
             frozen into the eval env.
         device: device of ``network``.
         max_steps: safety cap on vector steps.
+        video_dir: record the first episode there (gymnasium ``RecordVideo``).
 
     Returns:
         ``[(episodic_return, episodic_length)] * episodes``: the raw (unnormalized, unclipped,
@@ -43,7 +49,8 @@ def evaluate_policy(
     Raises:
         RuntimeError: some episode did not end within ``max_steps``.
     """
-    envs = make_vec_env(env_cfg, episodes)
+    envs = make_vec_env(env_cfg, episodes, render_mode="rgb_array" if video_dir else None,
+                        video_dir=video_dir)
     try:
         if normalization:
             load_normalization_state(envs, normalization, freeze=True)
@@ -65,3 +72,101 @@ def evaluate_policy(
     if any(r is None for r in results):
         raise RuntimeError(f"evaluation: an episode did not end within {max_steps} steps")
     return results  # type: ignore[return-value]
+
+
+def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Evaluate a saved run exactly as it was trained: its own config, network, normalization.
+
+    Writes ``<run dir>/eval/results.json`` (per-episode return, length and seed; mean; std;
+    seeds; checkpoint step) and, with ``video``, MP4s under ``<run dir>/eval/videos``.
+
+    Raises:
+        CheckpointError: the checkpoint does not exist, or cannot be read.
+        ConfigError: the saved config or network does not fit (e.g. a checkpoint of another
+            network than the saved config describes).
+    """
+    from ppo_lab.run import build_network, check_compatible, resolve_device
+
+    ckpt_path = find_checkpoint(cfg.checkpoint)
+    state = load_checkpoint(ckpt_path)
+    saved = OmegaConf.create(state["config"])
+    saved.pop("overrides", None)
+    train_cfg = to_typed(saved)
+    device = resolve_device(cfg.device)
+    run_dir = run_dir_of(ckpt_path)
+    out_dir = run_dir / "eval"
+    probe = make_vec_env(train_cfg.env, 1)
+    try:
+        network = build_network(train_cfg, probe, device)
+    finally:
+        probe.close()
+    check_compatible(state, network, ckpt_path)
+    network.load_state_dict(state["model"])
+    norm = normalization_from_tensors(state["normalization"])
+
+    episodes = []
+    for seed in cfg.eval_seeds:
+        video_dir = str(out_dir / "videos" / f"seed_{seed}") if cfg.video else None
+        results = evaluate_policy(network, train_cfg.env, cfg.eval_episodes, seed, cfg.deterministic,
+                                  norm, device, video_dir=video_dir)
+        episodes += [{"seed": seed + k, "return": r, "length": n} for k, (r, n) in enumerate(results)]
+    returns = np.array([e["return"] for e in episodes])
+    summary = {
+        "checkpoint": str(ckpt_path),
+        "global_step": int(state["global_step"]),
+        "env_id": train_cfg.env.id,
+        "deterministic": cfg.deterministic,
+        "eval_seeds": list(cfg.eval_seeds),
+        "episodes": episodes,
+        "mean_return": float(returns.mean()),
+        "std_return": float(returns.std()),
+        "mean_length": float(np.mean([e["length"] for e in episodes])),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(summary, indent=2))
+    videos = sorted(str(p) for p in (out_dir / "videos").rglob("*.mp4")) if cfg.video else []
+    summary["videos"] = videos
+    if cfg.logger.kind == "wandb":
+        _log_eval_to_wandb(cfg, state, train_cfg, run_dir, summary)
+    return summary
+
+
+def _log_eval_to_wandb(cfg: EvaluateConfig, state: dict[str, Any], train_cfg: Any,
+                       run_dir: Path, summary: dict[str, Any]) -> None:
+    import wandb
+
+    from ppo_lab.loggers import wandb_mode
+
+    run = wandb.init(
+        project=cfg.logger.project, entity=cfg.logger.entity, mode=wandb_mode(cfg.logger.mode),
+        group=state.get("wandb_group"), job_type="eval", dir=str(run_dir),
+        name=f"eval_{train_cfg.env.id}_step{summary['global_step']}",
+        config={"checkpoint": summary["checkpoint"], "train_run_id": state.get("wandb_run_id"),
+                "deterministic": cfg.deterministic, "eval_seeds": list(cfg.eval_seeds)},
+        settings=wandb.Settings(console="off", x_disable_stats=True),
+    )
+    try:
+        table = wandb.Table(columns=["seed", "return", "length"],
+                            data=[[e["seed"], e["return"], e["length"]] for e in summary["episodes"]])
+        payload: dict[str, Any] = {"eval/episodic_return": summary["mean_return"],
+                                   "eval/episodic_return_std": summary["std_return"],
+                                   "eval/episodes": table, "global_step": summary["global_step"]}
+        for i, path in enumerate(summary["videos"]):
+            payload[f"eval/video_{i}"] = wandb.Video(path, format="mp4")
+        run.log(payload)
+        run.finish(exit_code=0)
+    except BaseException:
+        run.finish(exit_code=1)
+        raise
+
+
+def format_results(summary: dict[str, Any]) -> str:
+    """The per-episode table and the mean line that ``evaluate.py`` prints."""
+    lines = [f"{'seed':>8} {'return':>10} {'length':>8}"]
+    lines += [f"{e['seed']:>8} {e['return']:>10.2f} {e['length']:>8}" for e in summary["episodes"]]
+    lines.append(
+        f"mean return {summary['mean_return']:.2f} +- {summary['std_return']:.2f} over "
+        f"{len(summary['episodes'])} episodes ({'deterministic' if summary['deterministic'] else 'stochastic'}), "
+        f"checkpoint {summary['checkpoint']} at global_step {summary['global_step']}"
+    )
+    return "\n".join(lines)

@@ -98,10 +98,6 @@ class WandbLogger:
         self.run.define_metric("global_step")
         self.run.define_metric("*", step_metric="global_step")
 
-    @property
-    def run_id(self) -> str:
-        return self.run.id
-
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.run.log({"global_step": step, **metrics})
 
@@ -121,9 +117,20 @@ class Loggers:
 
     @property
     def wandb_run_id(self) -> Optional[str]:
+        """The W&B run's id (None without W&B)."""
+        run = self._wandb_run()
+        return run.id if run is not None else None
+
+    @property
+    def wandb_group(self) -> Optional[str]:
+        """The W&B run's group, which evaluation runs join (None without W&B)."""
+        run = self._wandb_run()
+        return run.group if run is not None else None
+
+    def _wandb_run(self) -> Any:
         for sink in self.sinks:
             if isinstance(sink, WandbLogger):
-                return sink.run_id
+                return sink.run
         return None
 
     def log(self, metrics: dict[str, float], step: int) -> None:

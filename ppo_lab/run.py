@@ -21,7 +21,7 @@ from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.config import ConfigError, TrainConfig, apply_aliases, to_typed
 from ppo_lab.envs import make_vec_env
 from ppo_lab.loggers import JsonlLogger, Loggers, WandbLogger
-from ppo_lab.networks import check_action_type, check_network_fits
+from ppo_lab.networks import ActorCritic, check_action_type, check_network_fits
 
 
 def resolve_device(name: str) -> torch.device:
@@ -35,6 +35,24 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} but CUDA is not available here; allowed: device=cpu or device=auto")
     return torch.device(name)
+
+
+def build_network(cfg: TrainConfig, envs: Any, device: torch.device) -> ActorCritic:
+    """Hydra-instantiate ``cfg.network`` (its ``_target_``) for the spaces of ``envs``.
+
+    Raises:
+        ConfigError: the action type or network kind does not fit the env.
+    """
+    check_action_type(envs.single_action_space, cfg.action.type)
+    check_network_fits(envs.single_observation_space, cfg.network.kind)
+    return instantiate(
+        OmegaConf.structured(cfg.network),
+        observation_space=envs.single_observation_space,
+        action_space=envs.single_action_space,
+        action_type=cfg.action.type,
+        log_std_init=cfg.action.log_std_init,
+        _convert_="all",
+    ).to(device)
 
 
 def seed_everything(seed: int, torch_threads: int, deterministic: bool) -> None:
@@ -111,26 +129,17 @@ def train(
     # 1. Environment.
     envs = make_vec_env(typed.env, typed.agent.num_envs, typed.agent.gamma)
     try:
-        check_action_type(envs.single_action_space, typed.action.type)
-        check_network_fits(envs.single_observation_space, typed.network.kind)
         # 2. Network (Hydra instantiates network.yaml's _target_).
-        network = instantiate(
-            OmegaConf.structured(typed.network),
-            observation_space=envs.single_observation_space,
-            action_space=envs.single_action_space,
-            action_type=typed.action.type,
-            log_std_init=typed.action.log_std_init,
-            _convert_="all",
-        ).to(device)
+        network = build_network(typed, envs, device)
         if resume_state is not None:
-            _check_compatible(resume_state, network, typed.resume)
+            check_compatible(resume_state, network, typed.resume)
         # 3. Loggers.
         sinks: list[Any] = [JsonlLogger(run_dir)]
         if typed.logger.kind == "wandb":
-            group = sweep_group(sweep_dir) if sweep_dir else None
+            name = run_name(typed, overrides)
+            group = sweep_group(sweep_dir) if sweep_dir else name
             run_id = resume_state.get("wandb_run_id") if resume_state else None
-            sinks.append(WandbLogger(typed.logger, run_dir, run_config, run_name(typed, overrides),
-                                     group=group, run_id=run_id))
+            sinks.append(WandbLogger(typed.logger, run_dir, run_config, name, group=group, run_id=run_id))
         loggers = Loggers(sinks)
     except BaseException:
         envs.close()
@@ -174,7 +183,7 @@ def resume_config(state: dict[str, Any], resume: str, overrides: list[str]) -> D
     return merged
 
 
-def _check_compatible(state: dict[str, Any], network: torch.nn.Module, source: Any) -> None:
+def check_compatible(state: dict[str, Any], network: torch.nn.Module, source: Any) -> None:
     saved = state["model"]
     current = network.state_dict()
     mismatched = sorted(

@@ -23,7 +23,14 @@ from tqdm import tqdm
 from ppo_lab.advantages import compute_gae
 from ppo_lab.checkpoint import save_checkpoint
 from ppo_lab.config import EnvFamily, LossType, TrainConfig
-from ppo_lab.envs import env_state, load_env_state, load_normalization_state, normalization_state
+from ppo_lab.envs import (
+    env_state,
+    load_env_state,
+    load_normalization_state,
+    normalization_from_tensors,
+    normalization_state,
+    normalization_to_tensors,
+)
 from ppo_lab.evaluation import evaluate_policy
 from ppo_lab.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
 from ppo_lab.networks import ActorCritic
@@ -258,10 +265,6 @@ class Trainer:
         """Everything needed to continue: model, optimizer, counters, schedules' position,
         normalization statistics, RNG states (python, numpy, torch) and the W&B run id."""
         np_state = np.random.get_state()
-        norm = {
-            key: {k: torch.as_tensor(v) for k, v in stats.items()}
-            for key, stats in normalization_state(self.envs).items()
-        }
         # Exact env state (mid-episode) only where it is all numpy data (classic control);
         # other families restart their episodes on resume (README, "Resume").
         exact_env = self.cfg.env.family is EnvFamily.classic
@@ -273,13 +276,14 @@ class Trainer:
             "kl_beta": self.kl_beta,
             "best_eval_return": self.best_eval_return,
             "config": self.run_config,
-            "normalization": norm,
+            "normalization": normalization_to_tensors(normalization_state(self.envs)),
             "rng": {
                 "python": random.getstate(),
                 "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
                 "torch": torch.get_rng_state(),
             },
             "wandb_run_id": self.loggers.wandb_run_id,
+            "wandb_group": self.loggers.wandb_group,
             "collector": self.collector.state_dict() if exact_env else None,
             "env_state": env_state(self.envs) if exact_env else None,
         }
@@ -298,9 +302,7 @@ class Trainer:
         self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
         self.kl_beta = float(state["kl_beta"])
         self.best_eval_return = float(state["best_eval_return"])
-        norm = {k: {n: v.numpy() if n != "count" else float(v) for n, v in s.items()}
-                for k, s in state["normalization"].items()}
-        load_normalization_state(self.envs, norm)
+        load_normalization_state(self.envs, normalization_from_tensors(state["normalization"]))
         rng = state["rng"]
         random.setstate(rng["python"])
         np_state = rng["numpy"]
