@@ -66,7 +66,7 @@ def check_env(cfg: EnvConfig) -> gym.Env:
             + "; or one of the env configs (env=cartpole, env=lunarlander, ...)"
         ) from None
     try:
-        return _make_single(cfg, render_mode=None)
+        return _env_fn(cfg, render_mode=None)()
     except gym.error.DependencyNotInstalled as exc:
         extra = FAMILY_EXTRAS.get(cfg.family, cfg.family.value)
         raise ConfigError(
@@ -148,6 +148,13 @@ def wrap_atari(env: gym.Env, cfg: EnvConfig) -> gym.Env:
         grayscale_obs=True,
         scale_obs=False,
     )
+    return wrap_atari_game(env, cfg)
+
+
+def wrap_atari_game(env: gym.Env, cfg: EnvConfig) -> gym.Env:
+    """The part of :func:`wrap_atari` after frame preprocessing: RecordEpisodeStatistics ->
+    EpisodicLife -> FireReset -> sign reward clipping -> FrameStackObservation. Needs only
+    ``env.unwrapped.ale.lives()`` and ``get_action_meanings()`` (so tests can drive it)."""
     env = gym.wrappers.RecordEpisodeStatistics(env)
     if cfg.episodic_life:
         env = EpisodicLife(env)
