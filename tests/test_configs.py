@@ -108,3 +108,10 @@ def test_bad_values_name_key_value_and_allowed(override, message):
 def test_wrong_type_is_rejected_at_composition():
     with pytest.raises(Exception, match="agent.num_envs"):
         to_typed(compose_cfg(["agent.num_envs=many"]))
+
+
+def test_env_budget_applies_unless_given_on_command_line():
+    assert to_typed(compose_cfg(["env=acrobot"])).total_timesteps == 500_000
+    assert to_typed(compose_cfg(["env=halfcheetah"])).total_timesteps == 1_000_000
+    assert to_typed(compose_cfg(["env=acrobot", "total_timesteps=5000"])).total_timesteps == 5000
+    assert to_typed(compose_cfg(["env=acrobot", "debug=fast"])).total_timesteps == 2048
