@@ -19,7 +19,16 @@ register_configs()
 def main(cfg: DictConfig) -> Optional[float]:
     hc = HydraConfig.get()
     sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
-    result = main_guard(train, cfg, hc.runtime.output_dir, list(hc.overrides.task), sweep_dir)
+    try:
+        result = main_guard(train, cfg, hc.runtime.output_dir, list(hc.overrides.task), sweep_dir)
+    except SystemExit as exc:
+        if sweep_dir is None:
+            raise
+        # In a multirun, an exception (not an exit) marks only this job failed: Hydra runs the
+        # other jobs, then reports "Error executing job with overrides: [...]" and exits 1.
+        raise RuntimeError(
+            f"job {hc.job.num} failed (exit status {exc.code}); run dir: {hc.runtime.output_dir}"
+        ) from None
     print(
         f"eval/episodic_return={result['eval/episodic_return']:.1f} "
         f"(std {result['eval/episodic_return_std']:.1f}) at global_step={int(result['global_step'])}, "

@@ -11,7 +11,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ppo_lab.config import LoggerConfig
 
@@ -66,6 +66,7 @@ class WandbLogger:
         group: W&B group (the sweep, for multiruns).
         run_id: an existing run's id to continue (resume).
         job_type: ``train`` or ``eval``.
+        tags: extra tags (env id, ``sweep``), added to ``cfg.tags``.
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class WandbLogger:
         group: Optional[str] = None,
         run_id: Optional[str] = None,
         job_type: str = "train",
+        tags: Sequence[str] = (),
     ) -> None:
         import wandb
 
@@ -87,7 +89,7 @@ class WandbLogger:
             group=cfg.group or group,
             name=name,
             job_type=job_type,
-            tags=list(cfg.tags),
+            tags=[*cfg.tags, *tags],
             config=run_config,
             dir=str(run_dir),
             mode=wandb_mode(cfg.mode),

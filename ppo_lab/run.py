@@ -139,7 +139,9 @@ def train(
             name = run_name(typed, overrides)
             group = sweep_group(sweep_dir) if sweep_dir else name
             run_id = resume_state.get("wandb_run_id") if resume_state else None
-            sinks.append(WandbLogger(typed.logger, run_dir, run_config, name, group=group, run_id=run_id))
+            tags = [typed.env.id] + (["sweep"] if sweep_dir else [])
+            sinks.append(WandbLogger(typed.logger, run_dir, run_config, name, group=group,
+                                     run_id=run_id, tags=tags))
         loggers = Loggers(sinks)
     except BaseException:
         envs.close()

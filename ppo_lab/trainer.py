@@ -17,7 +17,7 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from tqdm import tqdm
 
 from ppo_lab.advantages import compute_gae
@@ -34,6 +34,7 @@ from ppo_lab.envs import (
 from ppo_lab.evaluation import evaluate_policy
 from ppo_lab.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
 from ppo_lab.networks import ActorCritic
+from ppo_lab.optim import FlatAdam
 from ppo_lab.rollout import RolloutBuffer, RolloutCollector
 from ppo_lab.schedules import linear_anneal
 
@@ -76,9 +77,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         a = cfg.agent
         self.num_iterations = cfg.total_timesteps // a.batch_size
-        # 37 details, detail 3: Adam with eps 1e-5.
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=a.learning_rate, eps=a.adam_eps)
-        self.params = [p for p in network.parameters()]
+        # 37 details, detail 3: Adam with eps 1e-5 (on one flat parameter buffer).
+        self.optimizer = FlatAdam(network.parameters(), lr=a.learning_rate, eps=a.adam_eps)
         self.global_step, self.iteration = 0, 0
         self.kl_beta = a.kl_beta
         self.best_eval_return = -math.inf
@@ -145,8 +145,7 @@ class Trainer:
         a = self.cfg.agent
         lr = linear_anneal(a.learning_rate, iteration, self.num_iterations) if a.anneal_lr else a.learning_rate
         clip = linear_anneal(a.clip_coef, iteration, self.num_iterations) if a.anneal_clip else a.clip_coef
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizer.lr = lr
         return lr, clip
 
     def _update(
@@ -181,10 +180,10 @@ class Trainer:
                     entropy, clip_coef, a.clip_vloss, a.norm_adv, kl_beta,
                 )
                 loss = total_loss(terms, a.ent_coef, a.vf_coef)
-                self.optimizer.zero_grad(set_to_none=True)
+                self.optimizer.zero_grad()
                 loss.backward()
                 # Detail 11: global gradient clipping.
-                grad_norm = nn.utils.clip_grad_norm_(self.params, a.max_grad_norm)
+                grad_norm = self.optimizer.clip_grad_norm_(a.max_grad_norm)
                 self.optimizer.step()
                 terms = {k: v.detach() for k, v in terms.items()}
                 terms["loss"], terms["grad_norm"] = loss.detach(), grad_norm
