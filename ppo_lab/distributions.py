@@ -50,6 +50,40 @@ class Categorical:
         return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
 
 
+class MultiCategorical:
+    """Independent Categoricals, one per component of a ``MultiDiscrete(nvec)`` space (37 details,
+    MultiDiscrete detail: logits split by ``nvec``; log-probs and entropies summed over components).
+
+    Args:
+        nvec: number of choices of each of the ``k`` components.
+    """
+
+    def __init__(self, nvec: list[int]) -> None:
+        self.nvec = [int(n) for n in nvec]
+        self._cat = Categorical()
+
+    def _split(self, logits: Tensor) -> tuple[Tensor, ...]:
+        return torch.split(logits, self.nvec, dim=-1)
+
+    def sample(self, logits: Tensor) -> Tensor:
+        """``(B, k)`` int64 actions from logits ``(B, sum(nvec))``."""
+        return torch.stack([self._cat.sample(lg) for lg in self._split(logits)], dim=-1)
+
+    def mode(self, logits: Tensor) -> Tensor:
+        """``(B, k)`` most likely choice of each component."""
+        return torch.stack([lg.argmax(dim=-1) for lg in self._split(logits)], dim=-1)
+
+    def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
+        """``(B,)`` summed log-probabilities of ``actions`` ``(B, k)``."""
+        return self.log_prob_entropy(logits, actions)[0]
+
+    def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        """``(B,)`` summed log-probabilities and ``(B,)`` summed entropies."""
+        parts = [self._cat.log_prob_entropy(lg, actions[..., i])
+                 for i, lg in enumerate(self._split(logits))]
+        return torch.stack([p[0] for p in parts]).sum(0), torch.stack([p[1] for p in parts]).sum(0)
+
+
 class DiagGaussian:
     """Diagonal Gaussian with mean ``(B, d)`` and state-independent log std ``(d,)``.
 

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ppo_lab.config import ActionType, ConfigError
-from ppo_lab.distributions import Categorical, DiagGaussian
+from ppo_lab.distributions import Categorical, DiagGaussian, MultiCategorical
 
 #: Bounds of the state-independent log std: exp(-20) ~ 2e-9, exp(2) ~ 7.4. Keeps log-probs finite.
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
@@ -75,8 +75,9 @@ class ActorCritic(nn.Module):
     Args:
         observation_space: ``Box`` of the single (not batched) env. ``kind="mlp"`` flattens it;
             ``kind="cnn"`` expects ``(C, H, W)`` uint8 frames.
-        action_space: ``Discrete`` (Categorical policy) or ``Box`` (diagonal Gaussian with
-            state-independent log std; 37 details, continuous detail 2).
+        action_space: ``Discrete`` (Categorical policy), ``MultiDiscrete`` (one Categorical per
+            component) or ``Box`` (diagonal Gaussian with state-independent log std; 37 details,
+            continuous detail 2).
         action_type: the configured action type; must match ``action_space``.
         kind: ``mlp`` or ``cnn``.
         shared: one trunk feeding both heads (true), or separate actor and critic (false).
@@ -108,6 +109,9 @@ class ActorCritic(nn.Module):
             out_dim = int(np.prod(action_space.shape))
             self.dist = DiagGaussian()
             self.log_std = nn.Parameter(torch.full((out_dim,), float(log_std_init)))
+        elif isinstance(action_space, gym.spaces.MultiDiscrete):
+            out_dim = int(np.sum(action_space.nvec))
+            self.dist = MultiCategorical(list(action_space.nvec.reshape(-1)))
         else:
             out_dim = int(action_space.n)
             self.dist = Categorical()
@@ -147,7 +151,8 @@ class ActorCritic(nn.Module):
             deterministic: take the mode (argmax / mean) instead of sampling.
 
         Returns:
-            actions ``(B,)`` int64 or ``(B, d)`` float (unclipped), their log-probs ``(B,)``, values ``(B,)``.
+            actions ``(B,)`` int64 (``(B, k)`` for MultiDiscrete) or ``(B, d)`` float (unclipped),
+            their log-probs ``(B,)``, values ``(B,)``.
         """
         params, value = self(obs)
         if self.continuous:
@@ -169,17 +174,14 @@ class ActorCritic(nn.Module):
 
 def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
     """Raise :class:`ConfigError` unless ``action_type`` fits ``action_space``."""
-    actual = (
-        ActionType.discrete
-        if isinstance(action_space, gym.spaces.Discrete)
-        else ActionType.continuous
-        if isinstance(action_space, gym.spaces.Box)
-        else None
-    )
-    if actual is None:
+    if isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        actual = ActionType.discrete
+    elif isinstance(action_space, gym.spaces.Box):
+        actual = ActionType.continuous
+    else:
         raise ConfigError(
-            f"action space {action_space} is not supported; allowed: Discrete (action=discrete) "
-            "or Box (action=continuous)"
+            f"action space {action_space} is not supported; allowed: Discrete or MultiDiscrete "
+            "(action=discrete), Box (action=continuous)"
         )
     if actual is not action_type:
         raise ConfigError(

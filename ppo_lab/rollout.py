@@ -31,7 +31,8 @@ class RolloutBuffer:
 
     Attributes:
         obs: ``(T, N, *obs_shape)`` observation each action was taken in (uint8 for pixels).
-        actions: ``(T, N)`` int64 or ``(T, N, d)`` float32, the unclipped sampled actions.
+        actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete) or ``(T, N, d)`` float32
+            (the unclipped sampled actions).
         logprobs: ``(T, N)`` log pi_old(a|s).
         values: ``(T, N)`` V_old(s).
         rewards: ``(T, N)`` float32 numpy, as the (possibly normalized) env returned them.
@@ -61,6 +62,8 @@ class RolloutBuffer:
         obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
         if isinstance(act_space, gym.spaces.Box):
             actions = torch.zeros((num_steps, n, *act_space.shape), dtype=torch.float32, device=device)
+        elif isinstance(act_space, gym.spaces.MultiDiscrete):
+            actions = torch.zeros((num_steps, n, *act_space.shape), dtype=torch.long, device=device)
         else:
             actions = torch.zeros((num_steps, n), dtype=torch.long, device=device)
         shape = (num_steps, n)

@@ -6,6 +6,7 @@ named step here or in the module it calls (details table: ``docs/details.md``).
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import signal
@@ -31,12 +32,26 @@ from ppo_lab.envs import (
     normalization_state,
     normalization_to_tensors,
 )
+from ppo_lab.diagnostics import Diagnostics
 from ppo_lab.evaluation import evaluate_policy
 from ppo_lab.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
 from ppo_lab.networks import ActorCritic
 from ppo_lab.optim import FlatAdam
 from ppo_lab.rollout import RolloutBuffer, RolloutCollector
 from ppo_lab.schedules import linear_anneal
+
+
+LOG = logging.getLogger("ppo_lab")
+
+
+def max_entropy(action_space: gym.Space) -> Optional[float]:
+    """Entropy of the uniform policy over a discrete space (summed over MultiDiscrete
+    components); None for continuous spaces."""
+    if isinstance(action_space, gym.spaces.Discrete):
+        return math.log(action_space.n)
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        return float(np.log(action_space.nvec).sum())
+    return None
 
 
 class TrainingDiverged(RuntimeError):
@@ -86,6 +101,8 @@ class Trainer:
         self.recent_returns: deque[float] = deque(maxlen=20)
         self._stop_signal: Optional[int] = None
         self.collector = RolloutCollector(envs, a.num_steps, device, cfg.seed)
+        self.diagnostics = Diagnostics(kl_reference=a.target_kl or a.kl_target,
+                                       max_entropy=max_entropy(envs.single_action_space))
         if resume_state is not None:
             self._restore(resume_state)
 
@@ -225,6 +242,13 @@ class Trainer:
         self, stats: dict[str, float], episodes: list[tuple[float, int]], lr: float, clip: float, sps: float
     ) -> None:
         metrics = {f"train/{k}": v for k, v in stats.items()}
+        log_std = None
+        if self.network.continuous:
+            ls = self.network.log_std.detach()
+            log_std = (float(ls.min()), float(ls.max()))
+        for name, message in self.diagnostics.check(stats, self.iteration / self.num_iterations, log_std).items():
+            LOG.warning("update %d (global_step %d): %s", self.iteration, self.global_step, message)
+            metrics[f"diagnostics/{name}"] = 1.0
         metrics.update({"train/learning_rate": lr, "train/clip_coef": clip, "time/sps": sps,
                         "time/iteration": self.iteration})
         if episodes:
