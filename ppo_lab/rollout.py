@@ -14,6 +14,7 @@ network).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import gymnasium as gym
@@ -106,7 +107,8 @@ class RolloutCollector:
         envs.action_space.seed(seed)
         self.next_obs = next_obs
         self.prev_done = np.zeros(envs.num_envs, dtype=bool)
-        self.continuous = isinstance(envs.single_action_space, gym.spaces.Box)
+        #: Seconds spent inside ``envs.step`` (cumulative), for the time breakdown.
+        self.env_seconds = 0.0
 
     def state_dict(self) -> dict[str, Tensor]:
         """The observation to act on next and which envs are due for an autoreset step."""
@@ -137,7 +139,9 @@ class RolloutCollector:
             buf.logprobs[t] = logprob
             buf.values[t] = value
             buf.valid[t] = ~self.prev_done
+            tic = time.perf_counter()
             self.next_obs, reward, terminated, truncated, infos = self.envs.step(action.cpu().numpy())
+            self.env_seconds += time.perf_counter() - tic
             buf.rewards[t] = reward
             buf.terminated[t] = terminated
             buf.truncated[t] = truncated

@@ -100,6 +100,7 @@ class Trainer:
         self.last_eval: Optional[dict[str, float]] = None
         self.recent_returns: deque[float] = deque(maxlen=20)
         self._stop_signal: Optional[int] = None
+        self.timing = {"rollout": 0.0, "update": 0.0, "log": 0.0}
         self.collector = RolloutCollector(envs, a.num_steps, device, cfg.seed)
         self.diagnostics = Diagnostics(kl_reference=a.target_kl or a.kl_target,
                                        max_entropy=max_entropy(envs.single_action_space))
@@ -125,21 +126,27 @@ class Trainer:
                 # 1. Schedules: linear annealing of lr and clip_coef (detail 4).
                 lr, clip_coef = self._schedules(iteration)
                 # 2. Rollout: num_steps vector steps with the current policy (detail 1).
+                tic = time.perf_counter()
                 buf, episodes = self.collector.collect(self.network)
                 self.global_step += a.batch_size
                 self.iteration = iteration
+                self.timing["rollout"] += time.perf_counter() - tic
                 # 3. Advantages: GAE with bootstrap on truncation (detail 5).
+                tic = time.perf_counter()
                 advantages, returns = compute_gae(
                     buf.rewards, buf.values.cpu().numpy(), buf.next_values(),
                     buf.terminated, buf.truncated, a.gamma, a.gae_lambda,
                 )
                 # 4. Update: epochs of shuffled minibatches (details 6-11).
                 stats = self._update(buf, advantages, returns, clip_coef)
+                self.timing["update"] += time.perf_counter() - tic
                 # 5. Log.
-                sps = (self.global_step - start_step) / (time.perf_counter() - start)
+                tic = time.perf_counter()
+                sps = (self.global_step - start_step) / (tic - start)
                 self._log(stats, episodes, lr, clip_coef, sps)
                 bar.update(a.batch_size)
                 bar.set_postfix(sps=f"{sps:,.0f}", ret=self._recent_return(), refresh=False)
+                self.timing["log"] += time.perf_counter() - tic
                 # 6. Evaluate and checkpoint.
                 if self.cfg.eval_interval and iteration % self.cfg.eval_interval == 0:
                     self.evaluate()
@@ -150,6 +157,7 @@ class Trainer:
             final = self.evaluate()
             self.save("final.pt")
             final["time/wall_s"] = time.perf_counter() - start
+            final.update(self.time_breakdown())
             self.loggers.summary(final)
             return final
         finally:
@@ -158,6 +166,14 @@ class Trainer:
                 signal.signal(sig, handler)
 
     # ------------------------------------------------------------------ phases
+    def time_breakdown(self) -> dict[str, float]:
+        """Cumulative seconds of this process's training loop by phase: ``time/env_s`` (inside
+        ``envs.step``), ``time/inference_s`` (the rest of the rollout: policy forward, sampling,
+        copies), ``time/update_s`` (GAE + gradient epochs), ``time/log_s``."""
+        env = self.collector.env_seconds
+        return {"time/env_s": env, "time/inference_s": self.timing["rollout"] - env,
+                "time/update_s": self.timing["update"], "time/log_s": self.timing["log"]}
+
     def _schedules(self, iteration: int) -> tuple[float, float]:
         a = self.cfg.agent
         lr = linear_anneal(a.learning_rate, iteration, self.num_iterations) if a.anneal_lr else a.learning_rate
