@@ -213,6 +213,9 @@ class TrainConfig:
     torch_threads: int = 1
     #: Deterministic cuDNN kernels.
     torch_deterministic: bool = True
+    #: ``torch.compile`` the network's forward pass. Pays off on long and GPU runs; on CPU the
+    #: compilation (~10 s or more) outweighs the gain for short runs of small networks.
+    compile: bool = False
     #: Save a checkpoint every this many updates (and always at the end).
     checkpoint_interval: int = 50
     #: Periodic checkpoints kept on disk (the final and best ones are kept too).

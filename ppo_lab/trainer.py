@@ -94,6 +94,9 @@ class Trainer:
         self.num_iterations = cfg.total_timesteps // a.batch_size
         # 37 details, detail 3: Adam with eps 1e-5 (on one flat parameter buffer).
         self.optimizer = FlatAdam(network.parameters(), lr=a.learning_rate, eps=a.adam_eps)
+        if cfg.compile:
+            # After FlatAdam re-pointed the parameters: the compiled graph reads the flat buffer.
+            network.compile(dynamic=True)
         self.global_step, self.iteration = 0, 0
         self.kl_beta = a.kl_beta
         self.best_eval_return = -math.inf
