@@ -80,3 +80,24 @@ def test_checkpoints_every_n_updates_keep_last(tmp_path, tiny_overrides):
     names = sorted(p.name for p in (tmp_path / "checkpoints").glob("*.pt"))
     assert names == ["best.pt", "final.pt", "update_000008.pt", "update_000010.pt"]
     assert not list((tmp_path / "checkpoints").glob(".*tmp"))
+
+
+def test_logger_none_runs_without_importing_wandb(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = [{str(ROOT / 'train.py')!r}, 'debug=fast', 'hydra.run.dir=run']\n"
+        "try:\n"
+        f"    runpy.run_path({str(ROOT / 'train.py')!r}, run_name='__main__')\n"
+        "finally:\n"
+        "    print('WANDB_IMPORTED', 'wandb' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "WANDB_IMPORTED False" in proc.stdout
+    assert not (tmp_path / "run" / "wandb").exists()
+    assert (tmp_path / "run" / "metrics.jsonl").is_file()
