@@ -39,4 +39,10 @@ def main(cfg: DictConfig) -> Optional[float]:
 
 
 if __name__ == "__main__":
+    import sys
+
+    from ppo_lab.config import TrainConfig, check_override_keys
+    from ppo_lab.run import main_guard as _guard
+
+    _guard(check_override_keys, sys.argv[1:], TrainConfig)
     main()

@@ -276,6 +276,37 @@ def register_configs() -> None:
     cs.store(group="logger", name="schema", node=LoggerConfig)
 
 
+def check_override_keys(args: list[str], schema: type = None) -> None:  # type: ignore[assignment]
+    """Reject command-line overrides whose key the schema does not have, listing the allowed keys.
+
+    Hydra rejects them too, but without naming what is allowed; this runs first. Group choices
+    (``env=lunarlander``), ``hydra.*`` keys, ``+``/``~`` edits and flags are left to Hydra.
+
+    Raises:
+        ConfigError: e.g. ``unknown key agent.foo; allowed keys of agent: learning_rate, ...``.
+    """
+    import dataclasses
+
+    schema = schema or TrainConfig
+    for arg in args:
+        if arg.startswith(("-", "+", "~", "hydra.", "hydra/")) or "=" not in arg:
+            continue
+        path = arg.split("=", 1)[0].split(".")
+        if len(path) < 2:
+            continue  # a group choice or a top-level key: Hydra lists the options
+        node: Any = schema
+        for depth, name in enumerate(path):
+            if not dataclasses.is_dataclass(node):
+                break  # inside a dict/list field such as env.kwargs
+            fields = {f.name: f for f in dataclasses.fields(node)}
+            if name not in fields:
+                where = ".".join(path[:depth]) or "the top level"
+                allowed = ", ".join(sorted(k for k in fields if not k.startswith("_")))
+                raise ConfigError(f"unknown key {'.'.join(path[:depth + 1])} in {arg!r}; allowed keys of {where}: {allowed}")
+            default = fields[name].default_factory() if fields[name].default_factory is not dataclasses.MISSING else None  # type: ignore[misc]
+            node = type(default) if dataclasses.is_dataclass(default) else None
+
+
 def _fail(key: str, value: Any, allowed: str) -> None:
     raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 

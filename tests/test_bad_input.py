@@ -9,7 +9,10 @@ from conftest import run_script
     "args, expected",
     [
         (["env=nope"], ["Could not find 'env/nope'", "cartpole", "lunarlander"]),
-        (["agent.foo=1"], ["Key 'foo' not in 'AgentConfig'", "agent.foo"]),
+        (["agent.foo=1"], ["error: unknown key agent.foo in 'agent.foo=1'; allowed keys of agent:",
+                           "clip_coef", "num_minibatches"]),
+        (["evn.id=CartPole-v1"], ["error: unknown key evn", "allowed keys of the top level:", "env,"]),
+        (["agent.num_envs=many"], ["agent.num_envs", "many"]),
         (["agent.clip_coef=0"], ["error: agent.clip_coef=0.0 is not allowed: must be > 0"]),
         (["agent.num_minibatches=7"], ["error: agent.num_minibatches=7 does not divide batch_size=256"]),
         (["action=continuous"], ["error: action=continuous does not fit the env's action space Discrete(2)",
