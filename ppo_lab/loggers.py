@@ -124,6 +124,12 @@ class Loggers:
         return run.id if run is not None else None
 
     @property
+    def wandb_name(self) -> Optional[str]:
+        """The W&B run's display name (None without W&B)."""
+        run = self._wandb_run()
+        return run.name if run is not None else None
+
+    @property
     def wandb_group(self) -> Optional[str]:
         """The W&B run's group, which evaluation runs join (None without W&B)."""
         run = self._wandb_run()

@@ -138,7 +138,11 @@ def train(
         if typed.logger.kind == "wandb":
             name = run_name(typed, overrides)
             group = sweep_group(sweep_dir) if sweep_dir else name
-            run_id = resume_state.get("wandb_run_id") if resume_state else None
+            run_id = None
+            if resume_state is not None:  # continue the same W&B run, under its own name and group
+                run_id = resume_state.get("wandb_run_id")
+                name = resume_state.get("wandb_name") or name
+                group = resume_state.get("wandb_group") or group
             tags = [typed.env.id] + (["sweep"] if sweep_dir else [])
             sinks.append(WandbLogger(typed.logger, run_dir, run_config, name, group=group,
                                      run_id=run_id, tags=tags))

@@ -326,6 +326,7 @@ class Trainer:
             },
             "wandb_run_id": self.loggers.wandb_run_id,
             "wandb_group": self.loggers.wandb_group,
+            "wandb_name": self.loggers.wandb_name,
             "collector": self.collector.state_dict() if exact_env else None,
             "env_state": env_state(self.envs) if exact_env else None,
         }

@@ -95,6 +95,9 @@ def test_sigterm_in_subprocess_saves_checkpoint_and_resume_finishes(tmp_path):
     final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
     assert final["global_step"] == step + 2560 - (step + 2560) % 256
     assert final["wandb_run_id"] == run_id
+    first = load_checkpoint(ckpts[0])
+    assert (final["wandb_name"], final["wandb_group"]) == (first["wandb_name"], first["wandb_group"])
+    assert "resume=" not in final["wandb_name"]
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
