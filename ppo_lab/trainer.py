@@ -10,6 +10,7 @@ import logging
 import math
 import random
 import signal
+import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -100,7 +101,6 @@ class Trainer:
         self.global_step, self.iteration = 0, 0
         self.kl_beta = a.kl_beta
         self.best_eval_return = -math.inf
-        self.last_eval: Optional[dict[str, float]] = None
         self.recent_returns: deque[float] = deque(maxlen=20)
         self._stop_signal: Optional[int] = None
         self.timing = {"rollout": 0.0, "update": 0.0, "log": 0.0}
@@ -123,7 +123,9 @@ class Trainer:
         start_step = self.global_step
         bar = tqdm(total=self.num_iterations * a.batch_size, initial=self.global_step, unit="step",
                    disable=not self.cfg.progress, dynamic_ncols=True, mininterval=1.0)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        # Signal handlers can only be installed from the main thread (not, e.g., a Ray actor's).
+        in_main = threading.current_thread() is threading.main_thread()
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
         try:
             for iteration in range(self.iteration + 1, self.num_iterations + 1):
                 # 1. Schedules: linear annealing of lr and clip_coef (detail 4).
@@ -295,7 +297,6 @@ class Trainer:
             "eval/episodic_length": float(np.mean([n for _, n in results])),
         }
         self.loggers.log(metrics, self.global_step)
-        self.last_eval = metrics
         if metrics["eval/episodic_return"] > self.best_eval_return:
             self.best_eval_return = metrics["eval/episodic_return"]
             self.save("best.pt")
