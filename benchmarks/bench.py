@@ -1,0 +1,682 @@
+"""Training throughput of ppo_lab next to Stable-Baselines3's PPO, same hyperparameters.
+
+    python benchmarks/bench.py                      # CartPole-v1 100k + HalfCheetah-v5 50k steps
+    python benchmarks/bench.py --repeats 2 --default-runs
+    python benchmarks/bench.py --quick --skip-sb3   # smoke test (seconds)
+
+Each training run is its own subprocess (``sys.executable``), so its process wall includes
+imports, env construction and the final evaluation (10 deterministic episodes) in both programs.
+Programs alternate (ppo_lab, SB3, ppo_lab, SB3, ...) for ``--repeats`` rounds; the table shows
+medians. Both children get ``OMP_NUM_THREADS=1`` and 1 torch thread. Peak RSS per child comes from
+``os.wait4`` (the child's own ``ru_maxrss``, KiB on Linux).
+
+Reported per program:
+
+* ``process_sps``: env steps / process wall (the headline; the ratio ppo_lab/SB3 uses it);
+* ``loop_sps``: env steps / in-loop seconds. ppo_lab: ``time/wall_s`` from its summary.json,
+  which *includes* its final evaluation and final checkpoint; SB3: the ``learn()`` call alone
+  (its evaluation is timed separately and not counted);
+* ``phases_sps`` (ppo_lab only): env steps / the sum of its loop phases (env, inference, update,
+  log), i.e. the loop without evaluation and checkpoint writes: the number to set beside SB3's
+  ``learn()`` SPS.
+
+Both programs train for the same number of env steps: the budget is rounded down to whole
+rollouts (ppo_lab runs ``total_timesteps // batch_size`` updates, SB3 would run one more).
+
+Stable-Baselines3 is optional (``pip install -e ".[bench]"``); without it ppo_lab runs alone.
+Top-level imports are stdlib only: the SB3 child is this file, and its import time is SB3's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_JSON = ROOT / "benchmarks" / "results.json"
+
+#: Matched settings per benchmark env. ``ppo_lab`` are train.py overrides; ``sb3`` PPO kwargs
+#: (the lr schedule and policy_kwargs are built in the child).
+SETTINGS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "num_envs": 4, "num_steps": 128, "num_minibatches": 4, "update_epochs": 4,
+        "learning_rate": 2.5e-4, "gamma": 0.99, "gae_lambda": 0.95, "clip_coef": 0.2,
+        "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize": False,
+        "ppo_lab": ["env=cartpole", "network=mlp_separate"],
+    },
+    "HalfCheetah-v5": {
+        "num_envs": 1, "num_steps": 2048, "num_minibatches": 32, "update_epochs": 10,
+        "learning_rate": 3e-4, "gamma": 0.99, "gae_lambda": 0.95, "clip_coef": 0.2,
+        "ent_coef": 0.0, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize": True,
+        "ppo_lab": ["env=halfcheetah", "network=mlp_separate"],
+    },
+    "ALE/Breakout-v5": {
+        "num_envs": 8, "num_steps": 128, "num_minibatches": 4, "update_epochs": 4,
+        "learning_rate": 2.5e-4, "gamma": 0.99, "gae_lambda": 0.95, "clip_coef": 0.1,
+        "ent_coef": 0.01, "vf_coef": 0.5, "max_grad_norm": 0.5, "normalize": False,
+        "ppo_lab": ["env=breakout", "network=cnn_shared"],
+    },
+}
+
+#: The issue's targets (CPU).
+TARGETS = {"CartPole-v1": 2.5, "HalfCheetah-v5": 1.5}
+DEFAULT_RUN_TARGET = {"eval_return": 475.0, "process_wall_s": 20.0}
+EVAL_EPISODES = 10
+EVAL_SEED = 10_000
+
+
+# ---------------------------------------------------------------------------- children
+def child_env() -> dict[str, str]:
+    """Environment of every child: one OpenMP/MKL thread, W&B offline and quiet.
+
+    Returns:
+        A copy of ``os.environ`` with the thread and W&B variables set.
+    """
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
+                "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+def run_child(args: list[str], log_path: Path, cwd: Path = ROOT) -> dict[str, Any]:
+    """Run ``sys.executable *args`` to completion; measure its wall and peak RSS.
+
+    Args:
+        args: arguments after the interpreter.
+        log_path: file that receives the child's stdout and stderr.
+        cwd: working directory of the child.
+
+    Returns:
+        ``{"returncode", "process_wall_s" (seconds, Popen to reap), "peak_rss_kib" (the child's
+        own ru_maxrss, KiB)}``.
+    """
+    with open(log_path, "w") as log:
+        tic = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=child_env(),
+                                stdout=log, stderr=subprocess.STDOUT)
+        _, status, rusage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - tic
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"returncode": proc.returncode, "process_wall_s": wall, "peak_rss_kib": int(rusage.ru_maxrss)}
+
+
+def rounded_steps(env_id: str, steps: int) -> int:
+    """Round ``steps`` down to whole rollouts of ``env_id``'s batch (at least one rollout).
+
+    Args:
+        env_id: a key of :data:`SETTINGS`.
+        steps: requested budget in env steps.
+
+    Returns:
+        The budget both programs actually train for, in env steps.
+    """
+    s = SETTINGS[env_id]
+    batch = s["num_envs"] * s["num_steps"]
+    return max(batch, steps // batch * batch)
+
+
+def ppo_lab_overrides(env_id: str, steps: int, seed: int) -> list[str]:
+    """train.py overrides that match :data:`SETTINGS` (value clipping off, lr annealed, clip not).
+
+    Args:
+        env_id: a key of :data:`SETTINGS`.
+        steps: budget in env steps (already rounded to whole rollouts).
+        seed: run seed.
+
+    Returns:
+        The override list, without ``hydra.run.dir``.
+    """
+    s = SETTINGS[env_id]
+    return [*s["ppo_lab"], "logger=none", "progress=false",
+            f"agent.num_envs={s['num_envs']}", f"agent.num_steps={s['num_steps']}",
+            f"agent.num_minibatches={s['num_minibatches']}", f"agent.update_epochs={s['update_epochs']}",
+            f"agent.learning_rate={s['learning_rate']}", "agent.anneal_lr=true",
+            f"agent.gamma={s['gamma']}", f"agent.gae_lambda={s['gae_lambda']}",
+            f"agent.clip_coef={s['clip_coef']}", "agent.anneal_clip=false",
+            f"agent.ent_coef={s['ent_coef']}", f"agent.vf_coef={s['vf_coef']}",
+            f"agent.max_grad_norm={s['max_grad_norm']}", "agent.norm_adv=true",
+            "agent.clip_vloss=false", "agent.target_kl=null", "torch_threads=1",
+            "device=auto" if env_id.startswith("ALE/") else "device=cpu",
+            f"total_timesteps={steps}", f"seed={seed}", f"eval_episodes={EVAL_EPISODES}"]
+
+
+def run_ppo_lab(env_id: str, steps: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """One ppo_lab training run as ``python train.py ...`` in a subprocess.
+
+    Args:
+        env_id: a key of :data:`SETTINGS`.
+        steps: budget in env steps (whole rollouts).
+        seed: run seed.
+        workdir: scratch dir; the run dir and log go below it.
+
+    Returns:
+        A result row: process wall (seconds), peak RSS (KiB), SPS figures (env steps per
+        second), eval return and ppo_lab's time breakdown (seconds).
+    """
+    run_dir = Path(tempfile.mkdtemp(prefix="ppo_lab_", dir=workdir))
+    overrides = [*ppo_lab_overrides(env_id, steps, seed), f"hydra.run.dir={run_dir}"]
+    res = run_child([str(ROOT / "train.py"), *overrides], run_dir / "stdout.log")
+    row = {"program": "ppo_lab", "env": env_id, "steps": steps, "seed": seed, **res}
+    summary_path = run_dir / "summary.json"
+    if res["returncode"] != 0 or not summary_path.exists():
+        row["error"] = _tail(run_dir / "stdout.log")
+        return row
+    summary = json.loads(summary_path.read_text())
+    phases = {k: float(summary.get(f"time/{k}_s", 0.0)) for k in ("env", "inference", "update", "log")}
+    loop_s = float(summary["time/wall_s"])
+    phases_s = sum(phases.values())
+    row.update({
+        "steps": int(summary.get("global_step", steps)),
+        "loop_s": loop_s,
+        "phases_s": phases_s,
+        "eval_return": float(summary["eval/episodic_return"]),
+        "breakdown_s": {**phases, "loop_other": loop_s - phases_s,
+                        "startup_and_exit": res["process_wall_s"] - loop_s},
+    })
+    return _add_sps(row)
+
+
+def run_sb3(env_id: str, steps: int, seed: int, workdir: Path) -> dict[str, Any]:
+    """One SB3 PPO training run: this script re-entered as a child (``--sb3-child``).
+
+    Args:
+        env_id: a key of :data:`SETTINGS`.
+        steps: budget in env steps (whole rollouts).
+        seed: run seed.
+        workdir: scratch dir for the child's log and result file.
+
+    Returns:
+        A result row like :func:`run_ppo_lab`'s (no breakdown; ``loop_s`` is ``learn()``).
+    """
+    out = Path(tempfile.mkdtemp(prefix="sb3_", dir=workdir))
+    res = run_child([str(Path(__file__).resolve()), "--sb3-child", env_id, "--steps", str(steps),
+                     "--seed", str(seed), "--json", str(out / "child.json")], out / "stdout.log")
+    row = {"program": "sb3", "env": env_id, "steps": steps, "seed": seed, **res}
+    if res["returncode"] != 0 or not (out / "child.json").exists():
+        row["error"] = _tail(out / "stdout.log")
+        return row
+    row.update(json.loads((out / "child.json").read_text()))
+    return _add_sps(row)
+
+
+def _add_sps(row: dict[str, Any]) -> dict[str, Any]:
+    row["process_sps"] = row["steps"] / row["process_wall_s"]
+    row["loop_sps"] = row["steps"] / row["loop_s"]
+    if "phases_s" in row:
+        row["phases_sps"] = row["steps"] / row["phases_s"]
+    return row
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def sb3_child(env_id: str, steps: int, seed: int, out: Path) -> None:
+    """Train SB3 PPO with :data:`SETTINGS` and write timings and eval return to ``out`` (JSON).
+
+    Runs inside the child process. ``learn_s`` (seconds) times ``model.learn`` alone;
+    ``eval_s`` times ``evaluate_policy`` (10 deterministic episodes, frozen normalization).
+
+    Args:
+        env_id: a key of :data:`SETTINGS`.
+        steps: budget in env steps (whole rollouts).
+        seed: run seed.
+        out: result file.
+    """
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_atari_env, make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
+
+    torch.set_num_threads(1)
+    s = SETTINGS[env_id]
+    atari = env_id.startswith("ALE/")
+    if atari:
+        import ale_py
+        import gymnasium
+
+        gymnasium.register_envs(ale_py)
+
+    def make(n_envs: int, env_seed: int) -> Any:
+        if atari:
+            return VecFrameStack(make_atari_env(env_id, n_envs=n_envs, seed=env_seed,
+                                                env_kwargs={"frameskip": 1}), n_stack=4)
+        return make_vec_env(env_id, n_envs=n_envs, seed=env_seed)
+
+    venv = make(s["num_envs"], seed)
+    if s["normalize"]:
+        venv = VecNormalize(venv, norm_obs=True, norm_reward=True, clip_obs=10.0, clip_reward=10.0,
+                            gamma=s["gamma"])
+    lr0 = s["learning_rate"]
+    policy_kwargs: dict[str, Any] = {}
+    if not atari:
+        policy_kwargs = {"net_arch": {"pi": [64, 64], "vf": [64, 64]}, "activation_fn": torch.nn.Tanh}
+    model = PPO(
+        "CnnPolicy" if atari else "MlpPolicy", venv,
+        learning_rate=lambda f: lr0 * f, n_steps=s["num_steps"],
+        batch_size=s["num_envs"] * s["num_steps"] // s["num_minibatches"], n_epochs=s["update_epochs"],
+        gamma=s["gamma"], gae_lambda=s["gae_lambda"], clip_range=s["clip_coef"], clip_range_vf=None,
+        normalize_advantage=True, ent_coef=s["ent_coef"], vf_coef=s["vf_coef"],
+        max_grad_norm=s["max_grad_norm"], policy_kwargs=policy_kwargs, seed=seed,
+        device="auto" if atari else "cpu", verbose=0,
+    )
+    tic = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    learn_s = time.perf_counter() - tic
+
+    tic = time.perf_counter()
+    eval_env = make(1, EVAL_SEED)
+    if s["normalize"]:
+        eval_env = VecNormalize(eval_env, training=False, norm_reward=False, clip_obs=10.0)
+        eval_env.obs_rms = venv.obs_rms
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
+    eval_s = time.perf_counter() - tic
+    out.write_text(json.dumps({"steps": int(model.num_timesteps), "loop_s": learn_s, "eval_s": eval_s,
+                               "eval_return": float(mean), "eval_return_std": float(std)}))
+
+
+def sb3_version() -> Optional[str]:
+    """Installed Stable-Baselines3 version, or None, without importing it (fast).
+
+    Returns:
+        The version string or None.
+    """
+    from importlib import metadata
+
+    try:
+        return metadata.version("stable-baselines3")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------------------- env-only ceilings
+def _time_vector(make: Callable[[], Any], steps: int, seed: int = 0) -> dict[str, Any]:
+    import numpy as np
+
+    envs = make()
+    n = envs.num_envs
+    iters = max(1, steps // n)
+    rng = np.random.default_rng(seed)
+    actions = rng.integers(0, envs.single_action_space.n, size=(iters, n))
+    envs.reset(seed=seed)
+    tic = time.perf_counter()
+    for a in actions:
+        envs.step(a)
+    sec = time.perf_counter() - tic
+    envs.close()
+    return {"num_envs": n, "steps": iters * n, "seconds": sec, "sps": iters * n / sec}
+
+
+def _time_single(env_id: str, steps: int, seed: int = 0) -> dict[str, Any]:
+    import gymnasium as gym
+    import numpy as np
+
+    env = gym.make(env_id)
+    space = env.action_space
+    rng = np.random.default_rng(seed)
+    actions = rng.uniform(space.low, space.high, size=(steps, *space.shape)).astype(space.dtype)
+    env.reset(seed=seed)
+    tic = time.perf_counter()
+    for a in actions:
+        _, _, term, trunc, _ = env.step(a)
+        if term or trunc:
+            env.reset()
+    sec = time.perf_counter() - tic
+    env.close()
+    return {"num_envs": 1, "steps": steps, "seconds": sec, "sps": steps / sec}
+
+
+def env_ceilings(cartpole_steps: int, cheetah_steps: int) -> list[dict[str, Any]]:
+    """Raw env stepping speed with uniformly random actions (precomputed), measured in-process.
+
+    Args:
+        cartpole_steps: env steps (over all envs) per CartPole measurement.
+        cheetah_steps: env steps for HalfCheetah-v5.
+
+    Returns:
+        One row per measurement: ``name``, ``env``, ``num_envs``, ``steps``, ``seconds``, ``sps``.
+    """
+    import gymnasium as gym
+
+    rows = [
+        {"name": "make_vec vector_entry_point (ppo_lab's)", "env": "CartPole-v1",
+         **_time_vector(lambda: gym.make_vec("CartPole-v1", 4, vectorization_mode="vector_entry_point"),
+                        cartpole_steps)},
+        {"name": "SyncVectorEnv", "env": "CartPole-v1",
+         **_time_vector(lambda: gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1")] * 4),
+                        cartpole_steps)},
+    ]
+    try:
+        rows.append({"name": "gym.make, 1 env", "env": "HalfCheetah-v5",
+                     **_time_single("HalfCheetah-v5", cheetah_steps)})
+    except Exception as exc:  # MuJoCo missing: report, keep going
+        print(f"note: HalfCheetah-v5 ceiling skipped ({type(exc).__name__}: {exc})")
+    return rows
+
+
+# ---------------------------------------------------------------------------- memory, default runs
+def atari_memory(workdir: Path) -> dict[str, Any]:
+    """Peak RSS of a short ppo_lab Breakout run, and the theoretical uint8 rollout obs buffer.
+
+    Runs ``train.py env=breakout total_timesteps=2048 logger=none progress=false
+    agent.num_steps=128 eval_episodes=1`` (8 envs).
+
+    Args:
+        workdir: scratch dir.
+
+    Returns:
+        ``peak_rss_kib`` (KiB), ``process_wall_s`` (seconds), ``returncode``, and
+        ``obs_buffer_bytes`` = 8 x 128 x 4 x 84 x 84 (uint8, as allocated in ppo_lab/rollout.py).
+    """
+    run_dir = Path(tempfile.mkdtemp(prefix="atari_", dir=workdir))
+    overrides = ["env=breakout", "total_timesteps=2048", "logger=none", "progress=false",
+                 "agent.num_steps=128", "eval_episodes=1", "device=cpu", f"hydra.run.dir={run_dir}"]
+    res = run_child([str(ROOT / "train.py"), *overrides], run_dir / "stdout.log")
+    out = {"command": "python train.py " + " ".join(overrides[:-1]), **res,
+           "obs_buffer_bytes": 8 * 128 * 4 * 84 * 84}
+    if res["returncode"] != 0:
+        out["error"] = _tail(run_dir / "stdout.log")
+    return out
+
+
+def default_runs(seeds: list[int], workdir: Path) -> list[dict[str, Any]]:
+    """``python train.py seed=S progress=false`` (default config, W&B offline) for each seed.
+
+    Args:
+        seeds: the seeds to run.
+        workdir: scratch dir for the run dirs.
+
+    Returns:
+        One row per seed: process wall (seconds), peak RSS (KiB), eval return, and whether the
+        issue's target (eval >= 475 within 20 s process wall) is met.
+    """
+    rows = []
+    for seed in seeds:
+        run_dir = Path(tempfile.mkdtemp(prefix=f"default_s{seed}_", dir=workdir))
+        res = run_child([str(ROOT / "train.py"), f"seed={seed}", "progress=false",
+                         f"hydra.run.dir={run_dir}"], run_dir / "stdout.log")
+        row = {"seed": seed, **res}
+        summary = run_dir / "summary.json"
+        if summary.exists():
+            data = json.loads(summary.read_text())
+            row.update({"eval_return": float(data["eval/episodic_return"]),
+                        "loop_s": float(data["time/wall_s"]), "steps": int(data["global_step"])})
+            row["target_met"] = (row["eval_return"] >= DEFAULT_RUN_TARGET["eval_return"]
+                                 and row["process_wall_s"] <= DEFAULT_RUN_TARGET["process_wall_s"])
+        else:
+            row["error"] = _tail(run_dir / "stdout.log")
+        rows.append(row)
+        print(f"  default run seed={seed}: wall {row['process_wall_s']:.1f} s, "
+              f"eval {row.get('eval_return', float('nan')):.1f}", flush=True)
+    return rows
+
+
+# ---------------------------------------------------------------------------- aggregation, output
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over repeats of one program on one env.
+
+    Args:
+        rows: result rows of :func:`run_ppo_lab` or :func:`run_sb3` (same program and env).
+
+    Returns:
+        Median of every numeric field present in all successful rows (``breakdown_s`` too),
+        plus ``repeats`` and ``failed`` counts.
+    """
+    ok = [r for r in rows if "error" not in r and r["returncode"] == 0]
+    med: dict[str, Any] = {"program": rows[0]["program"], "env": rows[0]["env"],
+                           "repeats": len(rows), "failed": len(rows) - len(ok)}
+    if not ok:
+        return med
+    for key in ("steps", "process_wall_s", "process_sps", "loop_s", "loop_sps", "phases_s",
+                "phases_sps", "eval_s", "eval_return", "peak_rss_kib"):
+        if all(key in r for r in ok):
+            med[key] = statistics.median(r[key] for r in ok)
+    if all("breakdown_s" in r for r in ok):
+        med["breakdown_s"] = {k: statistics.median(r["breakdown_s"][k] for r in ok)
+                              for k in ok[0]["breakdown_s"]}
+    med["eval_returns"] = [r["eval_return"] for r in ok]
+    return med
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def print_tables(report: dict[str, Any]) -> None:
+    """Print the comparison, the ceilings, the breakdown and memory as Markdown tables.
+
+    Args:
+        report: the dict written to JSON by :func:`main`.
+    """
+    print("\n## Training throughput (medians; SPS = env steps per second)\n")
+    print("| env | program | steps | process wall s | SPS process | SPS in-loop | SPS loop excl. eval "
+          "| eval return (10 ep) | peak RSS MiB | ratio ppo_lab/SB3 (process SPS) |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for env_id, res in report["results"].items():
+        for prog in ("ppo_lab", "sb3"):
+            m = res.get(prog)
+            if not m:
+                continue
+            ratio = _fmt(res.get("ratio_process_sps"), ".2f") if prog == "ppo_lab" else ""
+            loop_excl = m.get("phases_sps") if prog == "ppo_lab" else m.get("loop_sps")
+            rss = m.get("peak_rss_kib")
+            print(f"| {env_id} | {prog} | {_fmt(m.get('steps'), ',.0f')} | {_fmt(m.get('process_wall_s'), '.1f')} "
+                  f"| {_fmt(m.get('process_sps'), ',.0f')} | {_fmt(m.get('loop_sps'), ',.0f')} "
+                  f"| {_fmt(loop_excl, ',.0f')} | {_fmt(m.get('eval_return'), '.1f')} "
+                  f"| {_fmt(rss / 1024 if rss else None, '.0f')} | {ratio} |")
+    print("\nSPS in-loop: ppo_lab `time/wall_s` (includes its final eval and checkpoint); SB3 `learn()` "
+          "only. SPS loop excl. eval: ppo_lab's phases summed; SB3 `learn()`.")
+
+    print("\n## Env-only ceiling (random actions, in-process)\n")
+    print("| env | vectorization | envs | steps | seconds | SPS |\n|---|---|---:|---:|---:|---:|")
+    for c in report["ceilings"]:
+        print(f"| {c['env']} | {c['name']} | {c['num_envs']} | {c['steps']:,} | {c['seconds']:.2f} "
+              f"| {c['sps']:,.0f} |")
+
+    print("\n## ppo_lab time breakdown (median; % of process wall)\n")
+    print("| env | env step | inference | update (GAE + epochs) | log | loop other (eval, ckpt) "
+          "| imports/startup/exit | process wall |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for env_id, res in report["results"].items():
+        m = res.get("ppo_lab", {})
+        b, wall = m.get("breakdown_s"), m.get("process_wall_s")
+        if not b:
+            continue
+        cells = " | ".join(f"{b[k]:.2f} s ({100 * b[k] / wall:.0f}%)" for k in
+                           ("env", "inference", "update", "log", "loop_other", "startup_and_exit"))
+        print(f"| {env_id} | {cells} | {wall:.2f} s |")
+
+    mem = report.get("memory", {})
+    if mem:
+        print("\n## Peak RSS\n")
+        for env_id, res in report["results"].items():
+            for prog in ("ppo_lab", "sb3"):
+                rss = res.get(prog, {}).get("peak_rss_kib")
+                if rss:
+                    print(f"- {env_id} {prog}: {rss / 1024:.0f} MiB")
+        atari = mem.get("atari")
+        if atari:
+            rss = atari["peak_rss_kib"] / 1024 if atari.get("returncode") == 0 else None
+            print(f"- Breakout ppo_lab ({atari['command']}): {_fmt(rss, '.0f')} MiB; "
+                  f"uint8 rollout obs buffer 8 x 128 x 4 x 84 x 84 = "
+                  f"{atari['obs_buffer_bytes'] / 1e6:.1f} MB")
+
+    if report.get("default_runs"):
+        print("\n## `python train.py` defaults (target: eval >= 475 within 20 s process wall)\n")
+        print("| seed | process wall s | eval return | target met |\n|---:|---:|---:|---|")
+        for r in report["default_runs"]:
+            print(f"| {r['seed']} | {r['process_wall_s']:.1f} | {_fmt(r.get('eval_return'), '.1f')} "
+                  f"| {'yes' if r.get('target_met') else 'no'} |")
+
+    print("\n## Targets (CPU)" + (" -- quick budgets: startup dominates, not a measurement"
+                                   if report.get("quick") else "") + "\n")
+    for t in report["targets"]:
+        verdict = "not measured" if t["met"] is None else ("MET" if t["met"] else "NOT met")
+        print(f"- {t['target']}: measured {t['measured']} -> {verdict}")
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Set the issue's targets beside the measured numbers.
+
+    Args:
+        report: the report being built (results and default runs).
+
+    Returns:
+        One row per target with ``target``, ``measured`` (text) and ``met`` (bool or None).
+    """
+    rows = []
+    for env_id, want in TARGETS.items():
+        ratio = report["results"].get(env_id, {}).get("ratio_process_sps")
+        rows.append({"target": f"ppo_lab >= {want}x SB3 process-wall SPS on {env_id}",
+                     "measured": "n/a" if ratio is None else f"{ratio:.2f}x", "met": None if ratio is None else ratio >= want})
+    if report.get("default_runs"):
+        runs = report["default_runs"]
+        measured = ", ".join(f"seed {r['seed']}: {_fmt(r.get('eval_return'), '.1f')} in "
+                             f"{r['process_wall_s']:.1f} s" for r in runs)
+        rows.append({"target": "python train.py: eval >= 475 in <= 20 s process wall, seeds 1-3",
+                     "measured": measured, "met": all(r.get("target_met") for r in runs)})
+    return rows
+
+
+def machine_info() -> dict[str, Any]:
+    """Versions and hardware of this machine.
+
+    Returns:
+        CPU count, python, platform, torch / gymnasium / SB3 versions, CUDA availability, date.
+    """
+    from importlib import metadata
+
+    import torch
+
+    def ver(name: str) -> Optional[str]:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "torch": torch.__version__,
+            "cuda": torch.cuda.is_available(), "gymnasium": ver("gymnasium"), "mujoco": ver("mujoco"),
+            "stable_baselines3": ver("stable-baselines3"),
+            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """Command-line options (see the module docstring).
+
+    Args:
+        argv: arguments; None reads ``sys.argv``.
+
+    Returns:
+        The parsed namespace.
+    """
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="tiny budgets for a smoke test (5k CartPole, 4096 HalfCheetah steps, 1 round, no Atari RSS run)")
+    p.add_argument("--repeats", type=int, default=1, help="alternating rounds per env (median reported)")
+    p.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the results")
+    p.add_argument("--skip-sb3", action="store_true", help="run ppo_lab alone")
+    p.add_argument("--cartpole-steps", type=int, default=100_000, help="CartPole-v1 budget, env steps")
+    p.add_argument("--cheetah-steps", type=int, default=50_000, help="HalfCheetah-v5 budget, env steps")
+    p.add_argument("--breakout-steps", type=int, default=100_000,
+                   help="Breakout budget, agent steps (only with CUDA)")
+    p.add_argument("--force-breakout", action="store_true",
+                   help="run the Breakout comparison without CUDA too (slow; checks the code path)")
+    p.add_argument("--skip-atari-memory", action="store_true", help="skip the short Breakout RSS run")
+    p.add_argument("--default-runs", action="store_true",
+                   help="also time `python train.py seed=S progress=false` for S in 1, 2, 3")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--sb3-child", metavar="ENV_ID", help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.cartpole_steps, args.cheetah_steps, args.breakout_steps = 5_000, 4_096, 2_048
+        args.repeats, args.skip_atari_memory = 1, True
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    """Run the benchmark, print tables, write JSON.
+
+    Args:
+        argv: command-line arguments; None reads ``sys.argv``.
+
+    Returns:
+        The report written to ``--json``.
+    """
+    args = parse_args(argv)
+    if args.sb3_child:
+        sb3_child(args.sb3_child, args.steps, args.seed, args.json)
+        return {}
+    import torch
+
+    with_sb3 = not args.skip_sb3 and sb3_version() is not None
+    if not args.skip_sb3 and not with_sb3:
+        print("note: stable-baselines3 is not installed (pip install -e \".[bench]\"); "
+              "running ppo_lab alone, ratios n/a")
+    report: dict[str, Any] = {"machine": machine_info(), "command": " ".join(["python", *sys.argv]),
+                              "repeats": args.repeats, "quick": args.quick, "settings": SETTINGS,
+                              "results": {}}
+    print(f"machine: {report['machine']}", flush=True)
+
+    print("env-only ceilings ...", flush=True)
+    report["ceilings"] = env_ceilings(20_000 if args.quick else 200_000, 2_000 if args.quick else 20_000)
+
+    budgets = {"CartPole-v1": args.cartpole_steps, "HalfCheetah-v5": args.cheetah_steps}
+    if torch.cuda.is_available() or args.force_breakout:
+        budgets["ALE/Breakout-v5"] = args.breakout_steps
+    else:
+        print("note: no CUDA device: Breakout throughput comparison skipped (GPU only)")
+
+    with tempfile.TemporaryDirectory(prefix="ppo_bench_") as tmp:
+        workdir = Path(tmp)
+        raw: dict[str, list[dict[str, Any]]] = {}
+        for env_id, budget in budgets.items():
+            steps = rounded_steps(env_id, budget)
+            runners = [("ppo_lab", run_ppo_lab)] + ([("sb3", run_sb3)] if with_sb3 else [])
+            per_prog: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in runners}
+            for rnd in range(args.repeats):
+                for name, runner in runners:
+                    row = runner(env_id, steps, args.seed, workdir)
+                    per_prog[name].append(row)
+                    note = (f"error:\n{row['error']}" if "error" in row else
+                            f"wall {row['process_wall_s']:.1f} s, {row['process_sps']:,.0f} SPS, "
+                            f"eval {row['eval_return']:.1f}")
+                    print(f"  {env_id} round {rnd + 1} {name}: {note}", flush=True)
+            res = {name: summarize(rows) for name, rows in per_prog.items()}
+            a, b = res["ppo_lab"].get("process_sps"), res.get("sb3", {}).get("process_sps")
+            res["ratio_process_sps"] = a / b if a and b else None
+            report["results"][env_id] = res
+            raw[env_id] = [r for rows in per_prog.values() for r in rows]
+        report["runs"] = raw
+
+        report["memory"] = {}
+        if not args.skip_atari_memory:
+            print("Breakout peak-RSS run ...", flush=True)
+            report["memory"]["atari"] = atari_memory(workdir)
+        if args.default_runs:
+            print("default train.py runs ...", flush=True)
+            report["default_runs"] = default_runs([1, 2, 3], workdir)
+
+    report["targets"] = targets(report)
+    print_tables(report)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=2, default=str))
+    print(f"\nwrote {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+"""benchmarks/bench.py runs end to end with tiny budgets and writes its JSON (no SB3 needed).
+
+No speed assertions: speed targets live in the benchmark output (docs/benchmarks.md), never here.
+"""
+
+import importlib.util
+import json
+
+from conftest import ROOT, run_script
+
+
+def test_quick_bench_without_sb3_writes_ppo_lab_rows_and_env_ceiling(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_script("benchmarks/bench.py", ["--quick", "--skip-sb3", "--json", str(out)],
+                      cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    envs = ["CartPole-v1"] + (["HalfCheetah-v5"] if importlib.util.find_spec("mujoco") else [])
+    for env_id in envs:
+        res = report["results"][env_id]
+        row = res["ppo_lab"]
+        assert row["failed"] == 0
+        assert row["steps"] > 0
+        for key in ("process_sps", "loop_sps", "phases_sps", "process_wall_s", "peak_rss_kib"):
+            assert row[key] > 0, (env_id, key, row)
+        assert set(row["breakdown_s"]) >= {"env", "inference", "update", "log", "startup_and_exit"}
+        assert "sb3" not in res and res["ratio_process_sps"] is None
+
+    ceilings = [c for c in report["ceilings"] if c["env"] == "CartPole-v1"]
+    assert ceilings and all(c["sps"] > 0 and c["steps"] > 0 for c in ceilings)
+    assert "ppo_lab" in proc.stdout and "Env-only ceiling" in proc.stdout
