@@ -14,6 +14,7 @@ from typing import Sequence
 import gymnasium as gym
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppo_lab.config import ActionType, ConfigError
@@ -34,14 +35,29 @@ def _activation(name: str) -> type[nn.Module]:
     return {"tanh": nn.Tanh, "relu": nn.ReLU}[name]
 
 
-def mlp(in_dim: int, hidden_sizes: Sequence[int], activation: str) -> nn.Sequential:
-    """Hidden layers of an MLP: ``in_dim -> hidden_sizes[-1]``, each followed by the activation."""
-    layers: list[nn.Module] = []
-    act = _activation(activation)
-    for width in hidden_sizes:
-        layers += [layer_init(nn.Linear(in_dim, width)), act()]
-        in_dim = width
-    return nn.Sequential(*layers)
+class MLP(nn.Module):
+    """Hidden layers of an MLP: ``(B, *obs_shape)`` flattened to ``(B, in_dim)`` ->
+    ``(B, hidden_sizes[-1])``, each layer followed by the activation.
+
+    The forward pass calls ``F.linear`` on the layers' own parameters instead of calling each
+    submodule: on the tiny networks of classic control, module-call overhead is a large share of
+    the rollout's per-step cost (issue #8). Parameters, init and ``state_dict`` are the usual ones.
+    """
+
+    def __init__(self, in_dim: int, hidden_sizes: Sequence[int], activation: str) -> None:
+        super().__init__()
+        layers = []
+        for width in hidden_sizes:
+            layers.append(layer_init(nn.Linear(in_dim, width)))
+            in_dim = width
+        self.layers = nn.ModuleList(layers)
+        self.activation = {"tanh": torch.tanh, "relu": torch.relu}[activation]
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = obs.flatten(1) if obs.dim() > 2 else obs
+        for layer in self.layers:
+            x = self.activation(F.linear(x, layer.weight, layer.bias))
+        return x
 
 
 class NatureCNN(nn.Module):
@@ -121,8 +137,7 @@ class ActorCritic(nn.Module):
             if kind == "cnn":
                 c, h, w = observation_space.shape
                 return NatureCNN(c, (h, w), hidden_sizes[-1]), hidden_sizes[-1]
-            in_dim = int(np.prod(observation_space.shape))
-            return nn.Sequential(nn.Flatten(), mlp(in_dim, hidden_sizes, activation)), hidden_sizes[-1]
+            return MLP(int(np.prod(observation_space.shape)), hidden_sizes, activation), hidden_sizes[-1]
 
         self.actor_trunk, feat = trunk()
         self.critic_trunk = self.actor_trunk if shared else trunk()[0]
@@ -133,11 +148,14 @@ class ActorCritic(nn.Module):
         """One fused pass: ``obs`` ``(B, *obs_shape)`` -> (logits ``(B, n)`` or mean ``(B, d)``, value ``(B,)``)."""
         actor_features = self.actor_trunk(obs)
         critic_features = actor_features if self.shared else self.critic_trunk(obs)
-        return self.policy_head(actor_features), self.value_head(critic_features).squeeze(-1)
+        head, vhead = self.policy_head, self.value_head
+        return (F.linear(actor_features, head.weight, head.bias),
+                F.linear(critic_features, vhead.weight, vhead.bias).squeeze(-1))
 
     def value(self, obs: Tensor) -> Tensor:
         """``(B,)`` state values V(s)."""
-        return self.value_head(self.critic_trunk(obs)).squeeze(-1)
+        vhead = self.value_head
+        return F.linear(self.critic_trunk(obs), vhead.weight, vhead.bias).squeeze(-1)
 
     def clamped_log_std(self) -> Tensor:
         """``(d,)`` log std clamped to [LOG_STD_MIN, LOG_STD_MAX] (continuous only)."""
@@ -157,10 +175,14 @@ class ActorCritic(nn.Module):
         params, value = self(obs)
         if self.continuous:
             log_std = self.clamped_log_std()
-            action = self.dist.mode(params) if deterministic else self.dist.sample(params, log_std)
-            return action, self.dist.log_prob(params, log_std, action), value
-        action = self.dist.mode(params) if deterministic else self.dist.sample(params)
-        return action, self.dist.log_prob(params, action), value
+            if deterministic:
+                action = self.dist.mode(params)
+                return action, self.dist.log_prob(params, log_std, action), value
+            return (*self.dist.sample_and_log_prob(params, log_std), value)
+        if deterministic:
+            action = self.dist.mode(params)
+            return action, self.dist.log_prob(params, action), value
+        return (*self.dist.sample_and_log_prob(params), value)
 
     def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under the current policy."""

@@ -44,6 +44,10 @@ from ppo_lab.schedules import linear_anneal
 
 LOG = logging.getLogger("ppo_lab")
 
+#: Per-minibatch statistics averaged over an update and logged as ``train/<key>``.
+STAT_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
+             "loss", "grad_norm")
+
 
 def max_entropy(action_space: gym.Space) -> Optional[float]:
     """Entropy of the uniform policy over a discrete space (summed over MultiDiscrete
@@ -204,17 +208,21 @@ class Trainer:
         valid = torch.from_numpy(np.flatnonzero(buf.valid.reshape(-1))).to(dev)
         kl_beta = self.kl_beta if a.loss is LossType.kl_penalty else None
 
-        totals: dict[str, Tensor] = {}
-        count, epochs_run = 0, 0
+        # One row of STAT_KEYS per minibatch, stacked once (not one add per statistic).
+        rows: list[Tensor] = []
+        epochs_run, kl_column = 0, STAT_KEYS.index("approx_kl")
         for epoch in range(a.update_epochs):
-            epoch_kl, epoch_mbs = torch.zeros((), device=dev), 0
+            epoch_start = len(rows)
+            # One gather per tensor per epoch; the minibatches are then contiguous views.
             perm = valid[torch.randperm(valid.numel(), device=dev)]
-            for mb in perm.tensor_split(a.num_minibatches):
-                if mb.numel() == 0:
+            shuffled = [t[perm].tensor_split(a.num_minibatches)
+                        for t in (obs, actions, old_logprobs, b_adv, old_values, b_ret)]
+            for mb_obs, mb_actions, mb_logprobs, mb_adv, mb_values, mb_ret in zip(*shuffled):
+                if mb_adv.numel() == 0:
                     continue
-                new_logprob, entropy, new_value = self.network.evaluate_actions(obs[mb], actions[mb])
+                new_logprob, entropy, new_value = self.network.evaluate_actions(mb_obs, mb_actions)
                 terms = ppo_losses(
-                    new_logprob, old_logprobs[mb], b_adv[mb], new_value, old_values[mb], b_ret[mb],
+                    new_logprob, mb_logprobs, mb_adv, new_value, mb_values, mb_ret,
                     entropy, clip_coef, a.clip_vloss, a.norm_adv, kl_beta,
                 )
                 loss = total_loss(terms, a.ent_coef, a.vf_coef)
@@ -223,18 +231,15 @@ class Trainer:
                 # Detail 11: global gradient clipping.
                 grad_norm = self.optimizer.clip_grad_norm_(a.max_grad_norm)
                 self.optimizer.step()
-                terms = {k: v.detach() for k, v in terms.items()}
-                terms["loss"], terms["grad_norm"] = loss.detach(), grad_norm
-                for k, v in terms.items():
-                    totals[k] = totals.get(k, 0.0) + v
-                count += 1
-                epoch_kl, epoch_mbs = epoch_kl + terms["approx_kl"], epoch_mbs + 1
+                terms["loss"], terms["grad_norm"] = loss, grad_norm
+                rows.append(torch.stack([terms[k] for k in STAT_KEYS]).detach())
             epochs_run = epoch + 1
-            last_epoch_kl = float(epoch_kl / max(epoch_mbs, 1))
+            epoch_rows = rows[epoch_start:]
+            last_epoch_kl = float(torch.stack(epoch_rows)[:, kl_column].mean()) if epoch_rows else 0.0
             if a.target_kl is not None and last_epoch_kl > a.target_kl:
                 break
 
-        stats = {k: float(v / count) for k, v in totals.items()}
+        stats = dict(zip(STAT_KEYS, torch.stack(rows).mean(0).tolist()))
         self._check_finite(stats)
         stats["epochs"] = epochs_run
         stats["explained_variance"] = explained_variance(old_values[valid], b_ret[valid])

@@ -18,12 +18,19 @@ def test_categorical_log_prob_and_entropy_match_torch():
     torch.testing.assert_close(Categorical().log_prob(logits, actions), ref.log_prob(actions))
 
 
-def test_categorical_gumbel_sampling_frequencies():
+def test_categorical_sampling_frequencies_and_log_prob_of_the_sample():
     torch.manual_seed(0)
     logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]])).expand(40_000, 3)
-    counts = torch.bincount(Categorical().sample(logits), minlength=3).float() / 40_000
+    actions, logp = Categorical().sample_and_log_prob(logits)
+    counts = torch.bincount(actions, minlength=3).float() / 40_000
     torch.testing.assert_close(counts, torch.tensor([0.1, 0.6, 0.3]), atol=0.01, rtol=0)
+    torch.testing.assert_close(logp, TorchCategorical(logits=logits).log_prob(actions))
     assert Categorical().mode(logits[:1]).item() == 1
+    # The exponential race is torch.multinomial's own single-sample algorithm: same draws.
+    torch.manual_seed(3)
+    ours, _ = Categorical().sample_and_log_prob(logits[:500])
+    torch.manual_seed(3)
+    torch.testing.assert_close(ours, torch.multinomial(torch.softmax(logits[:500], -1), 1).squeeze(-1))
 
 
 def test_gaussian_log_prob_and_entropy_match_torch():
@@ -36,11 +43,12 @@ def test_gaussian_log_prob_and_entropy_match_torch():
     torch.testing.assert_close(ent, ref.entropy().sum(-1))
 
 
-def test_gaussian_sample_statistics_and_mode():
+def test_gaussian_sample_statistics_log_prob_and_mode():
     torch.manual_seed(0)
     mean = torch.tensor([[1.0, -2.0]]).expand(50_000, 2)
     log_std = torch.log(torch.tensor([0.5, 2.0]))
-    x = DiagGaussian().sample(mean, log_std)
+    x, logp = DiagGaussian().sample_and_log_prob(mean, log_std)
     torch.testing.assert_close(x.mean(0), torch.tensor([1.0, -2.0]), atol=0.03, rtol=0)
     torch.testing.assert_close(x.std(0), torch.tensor([0.5, 2.0]), atol=0.03, rtol=0)
+    torch.testing.assert_close(logp, Normal(mean, log_std.exp()).log_prob(x).sum(-1), rtol=1e-5, atol=1e-5)
     assert torch.equal(DiagGaussian().mode(mean), mean)

@@ -19,8 +19,8 @@ def test_orthogonal_init_gains_and_zero_bias():
     torch.manual_seed(0)
     net = ActorCritic(OBS, DISCRETE, ActionType.discrete, hidden_sizes=(64, 64))
     # A (semi-)orthogonal matrix scaled by g has W W^T = g^2 I (or W^T W, whichever is smaller).
-    hidden = net.actor_trunk[1][2]  # Linear(64, 64)
-    first = net.actor_trunk[1][0]  # Linear(4, 64)
+    hidden = net.actor_trunk.layers[1]  # Linear(64, 64)
+    first = net.actor_trunk.layers[0]  # Linear(4, 64)
     for layer, gain in ((net.policy_head, 0.01), (net.value_head, 1.0), (hidden, math.sqrt(2)), (first, math.sqrt(2))):
         w = layer.weight.detach()
         gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
