@@ -58,7 +58,8 @@ class EnvConfig:
     id: str = "CartPole-v1"
     family: EnvFamily = EnvFamily.classic
     #: ``sync`` (gymnasium.vector.SyncVectorEnv), ``async`` (subprocesses; slower for cheap envs
-    #: on 2 cores) or ``vector_entry_point`` (the env's own batched implementation, e.g. CartPole).
+    #: on 2 cores) or ``vector_entry_point`` (the env's own batched implementation, e.g. CartPole;
+    #: envs without one fall back to ``sync``).
     vectorization: str = "sync"
     #: Running mean/var observation normalization (gymnasium ``NormalizeObservation``).
     normalize_obs: bool = False
@@ -262,6 +263,28 @@ class EvaluateConfig:
     video: bool = False
     device: str = "auto"
     logger: EvalLoggerConfig = field(default_factory=EvalLoggerConfig)
+
+
+def validate_evaluate(cfg: EvaluateConfig) -> None:
+    """Check ``evaluate.py``'s config before anything runs.
+
+    Raises:
+        ConfigError: ``eval_episodes`` < 1, no seeds, or seed ranges that overlap (seed s runs
+            episodes s .. s + eval_episodes - 1, so overlapping ranges would repeat episodes).
+    """
+    if cfg.eval_episodes < 1:
+        _fail("eval_episodes", cfg.eval_episodes, "must be a positive integer")
+    seeds = sorted(cfg.eval_seeds)
+    if not seeds:
+        _fail("eval_seeds", cfg.eval_seeds, "a non-empty list of seeds")
+    for low, high in zip(seeds, seeds[1:]):
+        if high - low < cfg.eval_episodes:
+            raise ConfigError(
+                f"eval_seeds={list(cfg.eval_seeds)} overlap: seed s runs episodes seeded s .. "
+                f"s + {cfg.eval_episodes - 1} (eval_episodes={cfg.eval_episodes}), so {low} and {high} "
+                f"would repeat episodes; allowed: seeds at least {cfg.eval_episodes} apart, "
+                f"e.g. [{low}, {low + cfg.eval_episodes}]"
+            )
 
 
 def register_configs() -> None:

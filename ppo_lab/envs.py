@@ -202,7 +202,10 @@ def make_vec_env(
         ConfigError: as :func:`check_env`.
     """
     check_env(cfg).close()
-    if cfg.family is EnvFamily.atari or cfg.vectorization != "vector_entry_point" or render_mode:
+    # vector_entry_point only where the env has one (CartPole does); others fall back to sync,
+    # so `env.id=<id>` works from any env config.
+    batched = cfg.vectorization == "vector_entry_point" and gym.spec(cfg.id).vector_entry_point is not None
+    if cfg.family is EnvFamily.atari or not batched or render_mode:
         fns = [_env_fn(cfg, render_mode, video_dir if i == 0 else None) for i in range(num_envs)]
         if cfg.vectorization == "async":
             envs: gym.vector.VectorEnv = gym.vector.AsyncVectorEnv(fns)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -11,9 +12,10 @@ import torch
 from omegaconf import OmegaConf
 
 from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
-from ppo_lab.config import EnvConfig, EvaluateConfig, to_typed
+from ppo_lab.config import EnvConfig, EvaluateConfig, to_typed, validate_evaluate
 from ppo_lab.envs import completed_episodes, load_normalization_state, make_vec_env, normalization_from_tensors
 from ppo_lab.networks import ActorCritic
+from ppo_lab.rollout import obs_to_tensor
 
 
 @torch.inference_mode()
@@ -49,8 +51,10 @@ def evaluate_policy(
     Raises:
         RuntimeError: some episode did not end within ``max_steps``.
     """
-    envs = make_vec_env(env_cfg, episodes, render_mode="rgb_array" if video_dir else None,
-                        video_dir=video_dir)
+    # SyncVectorEnv: sub-env k is reset with seed + k (a batched env such as CartPoleVectorEnv
+    # shares one RNG across its sub-envs, so its episodes would not match their stated seeds).
+    envs = make_vec_env(dataclasses.replace(env_cfg, vectorization="sync"), episodes,
+                        render_mode="rgb_array" if video_dir else None, video_dir=video_dir)
     try:
         if normalization:
             load_normalization_state(envs, normalization, freeze=True)
@@ -59,7 +63,7 @@ def evaluate_policy(
         was_training = network.training
         network.eval()
         for _ in range(max_steps):
-            action, _, _ = network.act(torch.as_tensor(np.asarray(obs), device=device), deterministic)
+            action, _, _ = network.act(obs_to_tensor(obs, device), deterministic)
             obs, _, _, _, infos = envs.step(action.cpu().numpy())
             for i, ret, length in completed_episodes(infos):
                 if results[i] is None:
@@ -87,6 +91,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     """
     from ppo_lab.run import build_network, check_compatible, resolve_device
 
+    validate_evaluate(cfg)
     ckpt_path = find_checkpoint(cfg.checkpoint)
     state = load_checkpoint(ckpt_path)
     saved = OmegaConf.create(state["config"])

@@ -87,6 +87,14 @@ class RolloutBuffer:
         return values.cpu().numpy()
 
 
+def obs_to_tensor(obs: np.ndarray, device: torch.device | str) -> Tensor:
+    """A batch of env observations as the network's input: uint8 pixels stay uint8, anything
+    else becomes float32 (MuJoCo v5 returns float64)."""
+    obs = np.asarray(obs)
+    dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
+    return torch.as_tensor(obs, dtype=dtype, device=device)
+
+
 class RolloutCollector:
     """Steps the vector env with the current policy and fills a :class:`RolloutBuffer`.
 
@@ -148,7 +156,5 @@ class RolloutCollector:
             self.prev_done = terminated | truncated
             if infos:
                 episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
-        buf.next_value.copy_(
-            network.value(torch.as_tensor(np.asarray(self.next_obs), device=self.device))
-        )
+        buf.next_value.copy_(network.value(obs_to_tensor(self.next_obs, self.device)))
         return buf, episodes

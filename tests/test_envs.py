@@ -131,3 +131,14 @@ def test_cnn_on_vector_observations_is_refused_before_training(tmp_path):
     assert proc.returncode == 2
     assert "network.kind=cnn needs image observations" in proc.stderr
     assert "allowed: network=mlp_shared or network=mlp_separate" in proc.stderr
+
+
+@pytest.mark.parametrize("overrides", [
+    ["env.id=MountainCar-v0"],  # from the CartPole config, whose vectorization is vector_entry_point
+    ["env=halfcheetah", "env.normalize_obs=false", "env.max_episode_steps=100"],  # float64 obs
+])
+def test_any_id_and_unnormalized_float64_observations_train(tmp_path, overrides):
+    from ppo_lab.run import train
+
+    result = train(compose_cfg(overrides + ["debug=fast", "total_timesteps=256", "eval_episodes=1"]), tmp_path)
+    assert np.isfinite(result["eval/episodic_return"])

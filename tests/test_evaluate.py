@@ -45,6 +45,47 @@ def test_stochastic_evaluation_and_video(cartpole_run):
     assert len(out["videos"]) == 2 and all(v.endswith(".mp4") for v in out["videos"])
 
 
+def test_overlapping_eval_seeds_are_refused(cartpole_run, tmp_path):
+    run, _ = cartpole_run
+    proc = run_script("evaluate.py", [f"checkpoint={run}", "eval_episodes=20", "eval_seeds=[1,2,3]",
+                                      "logger.kind=none"], cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "error: eval_seeds=[1, 2, 3] overlap" in proc.stderr and "at least 20 apart" in proc.stderr
+
+
+def test_evaluation_episode_k_uses_seed_s_plus_k_even_for_batched_cartpole():
+    import gymnasium as gym
+    import numpy as np
+
+    from ppo_lab.config import to_typed
+    from ppo_lab.evaluation import evaluate_policy
+
+    class FirstObs:
+        """Records the first observations it is asked to act on; always pushes left."""
+
+        first = None
+
+        def act(self, obs, deterministic):
+            if self.first is None:
+                self.first = obs.clone()
+            return torch.zeros(obs.shape[0], dtype=torch.long), None, None
+
+        def eval(self):
+            pass
+
+        training = False
+
+        def train(self, mode):
+            pass
+
+    env_cfg = to_typed(compose_cfg(["logger=none"])).env
+    assert env_cfg.vectorization == "vector_entry_point"  # training uses the batched CartPole
+    net = FirstObs()
+    evaluate_policy(net, env_cfg, 3, seed=40)
+    expected = np.stack([gym.make("CartPole-v1").reset(seed=40 + k)[0] for k in range(3)])
+    np.testing.assert_allclose(net.first.numpy(), expected)
+
+
 def test_evaluate_bad_paths_are_clear_errors(tmp_path):
     proc = run_script("evaluate.py", [f"checkpoint={tmp_path / 'missing'}"], cwd=tmp_path)
     assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
