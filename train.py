@@ -10,7 +10,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from ppo_lab.config import register_configs
-from ppo_lab.run import main_guard, train
+from ppo_lab.run import EXIT_INTERRUPTED, main_guard, train
 
 register_configs()
 
@@ -24,6 +24,10 @@ def main(cfg: DictConfig) -> Optional[float]:
     except SystemExit as exc:
         if sweep_dir is None:
             raise
+        if exc.code == EXIT_INTERRUPTED:
+            # SIGTERM/Ctrl-C stops the whole sweep (Hydra lets KeyboardInterrupt through), it
+            # does not skip to the next job.
+            raise KeyboardInterrupt from None
         # In a multirun, an exception (not an exit) marks only this job failed: Hydra runs the
         # other jobs, then reports "Error executing job with overrides: [...]" and exits 1.
         raise RuntimeError(

@@ -204,9 +204,14 @@ def check_compatible(state: dict[str, Any], network: torch.nn.Module, source: An
         )
 
 
+#: Exit statuses of train.py / evaluate.py.
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 1, 130
+
+
 def main_guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn``; turn a :class:`ConfigError` or ``CheckpointError`` into one line on stderr and
-    exit status 2 (no traceback), and an interrupt or divergence into its message and status 1."""
+    exit status 2 (no traceback), a divergence into its message and status 1, and an interrupt
+    (SIGTERM/SIGINT, checkpoint saved) into its message and status 130."""
     from ppo_lab.checkpoint import CheckpointError
     from ppo_lab.trainer import TrainingDiverged, TrainingInterrupted
 
@@ -214,7 +219,10 @@ def main_guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except (ConfigError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except (TrainingInterrupted, TrainingDiverged) as exc:
+        sys.exit(EXIT_BAD_INPUT)
+    except TrainingDiverged as exc:
         print(f"stopped: {exc}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_DIVERGED)
+    except TrainingInterrupted as exc:
+        print(f"stopped: {exc}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)

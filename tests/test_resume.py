@@ -81,7 +81,7 @@ def test_sigterm_in_subprocess_saves_checkpoint_and_resume_finishes(tmp_path):
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 1, err[-2000:]
+    assert proc.returncode == 130, err[-2000:]
     assert "SIGTERM received" in err and "resume=" in err
     ckpts = list((tmp_path / "run" / "checkpoints").glob("update_*.pt"))
     assert len(ckpts) == 1
