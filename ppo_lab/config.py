@@ -242,7 +242,8 @@ class EvalLoggerConfig:
     """Where ``evaluate.py`` logs: ``wandb`` (into the training run's group, job_type=eval) or ``none``."""
 
     kind: str = "wandb"
-    project: str = "ppo_lab"
+    #: null: the training run's own W&B project / entity (from its saved config).
+    project: Optional[str] = None
     entity: Optional[str] = None
     mode: Optional[str] = None
 
@@ -422,6 +423,12 @@ def validate(cfg: TrainConfig) -> None:
         _fail("logger.kind", cfg.logger.kind, "one of wandb, none (choose with logger=wandb|none)")
     if cfg.logger.mode not in (None, "online", "offline", "disabled"):
         _fail("logger.mode", cfg.logger.mode, "one of online, offline, disabled, or null")
+    if not -20.0 < cfg.action.log_std_init < 2.0:
+        _fail("action.log_std_init", cfg.action.log_std_init,
+              "must lie inside the log std clamp (-20, 2): outside it the clamp has no gradient")
+    if a.num_steps < 2:
+        _fail("agent.num_steps", a.num_steps, "must be >= 2 (a rollout right after an episode end "
+              "would otherwise hold only the autoreset step, with nothing to train on)")
     if cfg.keep_last < 1:
         _fail("keep_last", cfg.keep_last, "must be >= 1")
     if cfg.eval_interval < 0:

@@ -142,8 +142,11 @@ def _log_eval_to_wandb(cfg: EvaluateConfig, state: dict[str, Any], train_cfg: An
 
     from ppo_lab.loggers import wandb_mode
 
+    trained_with = state["config"].get("logger", {})
     run = wandb.init(
-        project=cfg.logger.project, entity=cfg.logger.entity, mode=wandb_mode(cfg.logger.mode),
+        project=cfg.logger.project or trained_with.get("project") or "ppo_lab",
+        entity=cfg.logger.entity or trained_with.get("entity"),
+        mode=wandb_mode(cfg.logger.mode),
         group=state.get("wandb_group"), job_type="eval", dir=str(run_dir),
         name=f"eval_{train_cfg.env.id}_step{summary['global_step']}",
         config={"checkpoint": summary["checkpoint"], "train_run_id": state.get("wandb_run_id"),

@@ -36,7 +36,7 @@ from ppo_lab.envs import (
 from ppo_lab.diagnostics import Diagnostics
 from ppo_lab.evaluation import evaluate_policy
 from ppo_lab.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
-from ppo_lab.networks import ActorCritic
+from ppo_lab.networks import LOG_STD_MAX, LOG_STD_MIN, ActorCritic
 from ppo_lab.optim import FlatAdam
 from ppo_lab.rollout import RolloutBuffer, RolloutCollector
 from ppo_lab.schedules import linear_anneal
@@ -231,6 +231,8 @@ class Trainer:
                 # Detail 11: global gradient clipping.
                 grad_norm = self.optimizer.clip_grad_norm_(a.max_grad_norm)
                 self.optimizer.step()
+                if self.network.continuous:  # keep log_std where its clamp still has gradient
+                    self.network.log_std.data.clamp_(LOG_STD_MIN, LOG_STD_MAX)
                 terms["loss"], terms["grad_norm"] = loss, grad_norm
                 rows.append(torch.stack([terms[k] for k in STAT_KEYS]).detach())
             epochs_run = epoch + 1

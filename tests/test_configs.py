@@ -98,6 +98,8 @@ def test_derived_sizes_are_properties():
         ("total_timesteps=10", "total_timesteps=10 is smaller than one rollout"),
         ("device=tpu", "device='tpu' is not allowed: one of auto, cpu, cuda"),
         ("network.activation=gelu", "network.activation='gelu' is not allowed"),
+        ("action.log_std_init=3", "action.log_std_init=3.0 is not allowed: must lie inside the log std clamp"),
+        ("agent.num_steps=1", "agent.num_steps=1 is not allowed: must be >= 2"),
     ],
 )
 def test_bad_values_name_key_value_and_allowed(override, message):

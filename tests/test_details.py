@@ -217,6 +217,17 @@ def test_continuous5_env_gets_clipped_actions_buffer_keeps_the_unclipped_sample(
     torch.testing.assert_close(logp.detach(), buf.logprobs[:, 0])
 
 
+def test_continuous2_log_std_is_kept_inside_its_clamp_by_the_optimizer(tmp_path):
+    trainer, rec = make_trainer(["env=pendulum", "action.log_std_init=1.99", "agent.ent_coef=1.0",
+                                 "agent.learning_rate=0.5", "agent.anneal_lr=false", "agent.num_steps=64",
+                                 "agent.num_minibatches=1", "agent.update_epochs=4", "total_timesteps=256"],
+                                tmp_path)
+    trainer.fit()
+    # The entropy bonus pushes log_std up by ~lr per step; without the in-place clamp it would
+    # leave [-20, 2], where the forward clamp has no gradient and it would stay stuck.
+    assert float(trainer.network.log_std.detach().max()) == 2.0
+
+
 def test_continuous6_9_observation_and_reward_normalization_and_clipping():
     cfg = EnvConfig(id="Pendulum-v1", normalize_obs=True, normalize_reward=True, clip_obs=0.5, clip_reward=0.2)
     envs = make_vec_env(cfg, 2, gamma=0.9)
