@@ -111,12 +111,15 @@ class RolloutCollector:
         self.envs = envs
         self.device = device
         self.buffer = RolloutBuffer.allocate(num_steps, envs, device)
-        next_obs, _ = envs.reset(seed=seed)
-        envs.action_space.seed(seed)
-        self.next_obs = next_obs
-        self.prev_done = np.zeros(envs.num_envs, dtype=bool)
+        self.reset(seed)
         #: Seconds spent inside ``envs.step`` (cumulative), for the time breakdown.
         self.env_seconds = 0.0
+
+    def reset(self, seed: int) -> None:
+        """Reset every env (env i with ``seed + i``) and start new episodes."""
+        self.next_obs, _ = self.envs.reset(seed=seed)
+        self.envs.action_space.seed(seed)
+        self.prev_done = np.zeros(self.envs.num_envs, dtype=bool)
 
     def state_dict(self) -> dict[str, Tensor]:
         """The observation to act on next and which envs are due for an autoreset step."""

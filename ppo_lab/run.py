@@ -177,13 +177,14 @@ def resume_config(state: dict[str, Any], resume: str, overrides: list[str]) -> D
     saved = OmegaConf.create(state["config"])
     saved.pop("overrides", None)
     extra = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
-    groups = {"env", "agent", "network", "action", "logger", "debug", "experiment"}
-    bad = [o for o in extra if o.split("=")[0].lstrip("+~") in groups]
+    groups = {"env", "agent", "network", "action", "logger", "debug", "experiment", "hparams_search"}
+    bad = [o for o in extra if o.split("=")[0].lstrip("+~") in groups or o.startswith("~")]
     if bad:
         raise ConfigError(
-            f"resume={resume}: group overrides {bad} cannot change a resumed run; allowed: "
-            "key=value overrides such as total_timesteps=200000"
+            f"resume={resume}: overrides {bad} cannot change a resumed run (group choices and "
+            "deletions); allowed: key=value overrides such as total_timesteps=200000"
         )
+    extra = [o.lstrip("+") for o in extra]
     merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(extra)) if extra else saved
     merged.resume = str(resume)
     return merged

@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ppo_lab.advantages import compute_gae
-from ppo_lab.checkpoint import save_checkpoint
+from ppo_lab.checkpoint import load_checkpoint, save_checkpoint
 from ppo_lab.config import EnvFamily, LossType, TrainConfig
 from ppo_lab.envs import (
     env_state,
@@ -362,6 +362,11 @@ class Trainer:
         if state.get("env_state") is not None:
             load_env_state(self.envs, state["env_state"])
             self.collector.load_state_dict(state["collector"])
+        else:  # fresh episodes, but not a replay of the run's first resets
+            self.collector.reset(seed=self.cfg.seed + self.global_step)
+        best = self.ckpt_dir / "best.pt"
+        if best.is_file():  # a crash after best.pt was written must not let a worse model replace it
+            self.best_eval_return = max(self.best_eval_return, float(load_checkpoint(best)["best_eval_return"]))
 
     # ------------------------------------------------------------------ signals
     def _on_signal(self, signum: int, frame: Any) -> None:

@@ -145,6 +145,7 @@ def test_resume_with_mismatched_network_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="network does not match"):
         train(compose_cfg(["logger=none", f"resume={tmp_path / 'run'}"]), tmp_path / "x",
               overrides=[f"resume={tmp_path / 'run'}", "network.hidden_sizes=[32]"])
-    with pytest.raises(ConfigError, match="group overrides"):
-        train(compose_cfg(["logger=none", f"resume={tmp_path / 'run'}"]), tmp_path / "x",
-              overrides=[f"resume={tmp_path / 'run'}", "env=lunarlander"])
+    for bad in ("env=lunarlander", "hparams_search=cartpole_optuna", "~agent.target_kl"):
+        with pytest.raises(ConfigError, match=r"cannot change a resumed run \(group choices and deletions\)"):
+            train(compose_cfg(["logger=none", f"resume={tmp_path / 'run'}"]), tmp_path / "x",
+                  overrides=[f"resume={tmp_path / 'run'}", bad])
