@@ -46,7 +46,9 @@ if __name__ == "__main__":
     import sys
 
     from ppo_lab.config import TrainConfig, check_override_keys
+    from ppo_lab.run import check_run_dir_args
     from ppo_lab.run import main_guard as _guard
 
     _guard(check_override_keys, sys.argv[1:], TrainConfig)
+    _guard(check_run_dir_args, sys.argv[1:])
     main()

@@ -119,6 +119,8 @@ def train(
         print(f"resuming {run_dir} from {ckpt.name} (update {resume_state['iteration']}, "
               f"global_step {resume_state['global_step']})", file=sys.stderr)
     typed = to_typed(cfg)
+    if resume_state is None:
+        ensure_run_dir_free(run_dir)
     run_config = resolved_config(cfg, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume_state is None:
@@ -163,6 +165,27 @@ def train(
     finally:
         loggers.finish(exit_code)
         envs.close()
+
+
+def check_run_dir_args(args: list[str]) -> None:
+    """Before Hydra writes ``<run dir>/.hydra``: refuse an explicit ``hydra.run.dir`` that already
+    holds another run's checkpoints (unless resuming), so nothing of that run is overwritten.
+
+    Raises:
+        ConfigError: naming the dir and what is allowed.
+    """
+    given = dict(a.split("=", 1) for a in args if a.startswith(("hydra.run.dir=", "resume=")))
+    if given.get("hydra.run.dir") and "resume" not in given:
+        ensure_run_dir_free(Path(given["hydra.run.dir"]))
+
+
+def ensure_run_dir_free(run_dir: Path) -> None:
+    """Raise :class:`ConfigError` when ``run_dir`` already holds another run's checkpoints."""
+    if any((run_dir / "checkpoints").glob("*.pt")):
+        raise ConfigError(
+            f"run dir {run_dir} already holds checkpoints of another run; allowed: "
+            f"resume={run_dir} to continue it, or another hydra.run.dir (nothing was overwritten)"
+        )
 
 
 def resume_config(state: dict[str, Any], resume: str, overrides: list[str]) -> DictConfig:

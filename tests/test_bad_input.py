@@ -28,3 +28,17 @@ def test_bad_input_message_and_no_training(tmp_path, args, expected):
         assert text in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("outputs/*/*/checkpoints"))
+
+
+def test_a_run_dir_with_checkpoints_is_never_overwritten(tmp_path):
+    first = run_script("train.py", ["debug=fast", "hydra.run.dir=run"], cwd=tmp_path, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").iterdir()}
+    config_before = (tmp_path / "run" / "config.yaml").read_text()
+    hydra_before = (tmp_path / "run" / ".hydra" / "config.yaml").read_text()
+    again = run_script("train.py", ["debug=fast", "seed=2", "hydra.run.dir=run"], cwd=tmp_path, timeout=120)
+    assert again.returncode == 2
+    assert "already holds checkpoints of another run" in again.stderr and "resume=" in again.stderr
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run" / "checkpoints").iterdir()} == before
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_before
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").read_text() == hydra_before
