@@ -73,6 +73,9 @@ def test_command_line_wins_over_env_defaults():
     assert typed.agent.num_envs == 4
     typed = to_typed(compose_cfg(["env=cartpole", "agent=atari"]))
     assert typed.agent.clip_coef == 0.1  # the atari preset chosen on the command line
+    # A preset chosen on the command line wins whole, even over an env with its own preset.
+    atari = to_typed(compose_cfg(["env=lunarlander", "agent=atari"])).agent
+    assert (atari.num_envs, atari.num_steps, atari.gamma, atari.clip_coef) == (8, 128, 0.99, 0.1)
 
 
 def test_clip_alias_sets_clip_coef():
