@@ -92,7 +92,8 @@ class EnvConfig:
 class AgentConfig:
     """PPO hyperparameters (group ``agent``: presets ``classic``, ``atari``, ``mujoco``)."""
 
-    #: Adam step size; annealed linearly to 0 over training when ``anneal_lr``.
+    #: Adam step size; annealed linearly over training when ``anneal_lr`` (CleanRL: the last
+    #: update uses learning_rate / num_iterations).
     learning_rate: float = 2.5e-4
     anneal_lr: bool = True
     #: Adam epsilon (detail 3 of the 37: 1e-5 instead of PyTorch's 1e-8).
@@ -115,7 +116,8 @@ class AgentConfig:
     loss: LossType = LossType.clip
     #: PPO surrogate clipping range epsilon (> 0). Alias: ``agent.clip``.
     clip_coef: float = 0.2
-    #: Anneal clip_coef linearly to 0 over training, like the learning rate.
+    #: Anneal clip_coef linearly over training, like the learning rate (the value-clipping range
+    #: anneals with it).
     anneal_clip: bool = False
     #: Clip the value update around the old values with clip_coef (CleanRL / OpenAI baselines).
     clip_vloss: bool = True

@@ -9,11 +9,11 @@ Wrappers (gymnasium's own wherever one exists):
 * every env: ``RecordEpisodeStatistics`` (the logged ``episodic_return`` is the undiscounted,
   unnormalized, unclipped return);
 * continuous actions: ``ClipAction`` (the policy's sample is stored unclipped; 37 details,
-  continuous detail 4);
+  continuous detail 5);
 * ``normalize_obs``: ``NormalizeObservation`` then clip to ``[-clip_obs, clip_obs]`` (continuous
-  details 5-6);
+  details 6-7);
 * ``normalize_reward``: ``NormalizeReward`` (running std of the discounted return) then clip to
-  ``[-clip_reward, clip_reward]`` (continuous details 7-8);
+  ``[-clip_reward, clip_reward]`` (continuous details 8-9);
 * Atari: ``AtariPreprocessing`` (no-op reset, max-and-skip, 84x84 grayscale), episodic life,
   fire reset, sign reward clipping, ``FrameStackObservation`` (Atari details 1-7).
 """

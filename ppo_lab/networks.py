@@ -3,7 +3,7 @@
 Initialization follows the 37 implementation details of PPO (Huang et al. 2022), detail 2:
 orthogonal weights with gain sqrt(2) on hidden layers, 0.01 on the policy head and 1 on the value
 head; zero biases. Image observations arrive as uint8 ``(B, C, H, W)`` and are scaled by 1/255
-inside the network (Atari detail 8), so the rollout buffer can store uint8.
+inside the network (Atari detail 9), so the rollout buffer can store uint8.
 """
 
 from __future__ import annotations

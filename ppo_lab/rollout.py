@@ -8,7 +8,7 @@ observation; the *next* ``step`` call resets that env (its action is ignored, re
 * the reset step itself is not a transition of any episode: it is stored with ``valid = False``
   and left out of the loss.
 
-Storage is preallocated once; pixel observations stay uint8 (Atari detail 8 keeps scaling in the
+Storage is preallocated once; pixel observations stay uint8 (Atari detail 9 keeps scaling in the
 network).
 """
 

@@ -6,6 +6,7 @@ Hydra run dir. Tests call :func:`train` directly with a config composed by ``hyd
 
 from __future__ import annotations
 
+import logging
 import random
 import sys
 import time
@@ -163,8 +164,14 @@ def train(
         exit_code = 0
         return result
     finally:
-        loggers.finish(exit_code)
-        envs.close()
+        try:
+            loggers.finish(exit_code)
+        except Exception:  # never let a logger's close hide the error that ended training
+            if exit_code == 0:
+                raise
+            logging.getLogger("ppo_lab").exception("closing the loggers failed")
+        finally:
+            envs.close()
 
 
 def check_run_dir_args(args: list[str]) -> None:

@@ -278,7 +278,7 @@ class Trainer:
             LOG.warning("update %d (global_step %d): %s", self.iteration, self.global_step, message)
             metrics[f"diagnostics/{name}"] = 1.0
         metrics.update({"train/learning_rate": lr, "train/clip_coef": clip, "time/sps": sps,
-                        "time/iteration": self.iteration})
+                        "train/update": self.iteration})
         if episodes:
             returns = [r for r, _ in episodes]
             self.recent_returns.extend(returns)

@@ -74,7 +74,7 @@ def test_core1_vectorized_env_rollout_shapes_and_global_step(tmp_path):
                                  "total_timesteps=45"], tmp_path)
     assert trainer.collector.buffer.obs.shape == (5, 3, 4)
     trainer.fit()
-    assert rec.series("time/iteration") == [1, 2, 3]
+    assert rec.series("train/update") == [1, 2, 3]
     assert [r["global_step"] for r in rec.rows if "train/loss" in r] == [15, 30, 45]
 
 
