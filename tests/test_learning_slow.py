@@ -1,0 +1,30 @@
+"""The published-return targets, as slow learning tests (not in CI: `python -m pytest -q -m slow`).
+
+Each trains the env's own config (preset and budget) on seed 1 and asserts the target of
+docs/results.md on the final 10-episode deterministic evaluation. Wall times on 2 CPU cores:
+Acrobot ~1 min, LunarLander ~1.5 min, HalfCheetah and Hopper ~7-9 min each, Atari not included.
+"""
+
+import pytest
+
+from conftest import compose_cfg
+from ppo_lab.run import train
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("env, target", [
+    ("acrobot", -90.0),
+    ("lunarlander", 200.0),
+    ("halfcheetah", 1500.0),
+    ("hopper", 2000.0),
+])
+def test_env_config_reaches_its_published_target(tmp_path, env, target):
+    result = train(compose_cfg([f"env={env}", "seed=1", "logger=none", "progress=false"]), tmp_path)
+    assert result["eval/episodic_return"] >= target, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_default_cartpole_solves_on_each_seed(tmp_path, seed):
+    result = train(compose_cfg([f"seed={seed}", "logger=none", "progress=false"]), tmp_path)
+    assert result["eval/episodic_return"] >= 475, result
