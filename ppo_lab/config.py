@@ -187,6 +187,9 @@ class LoggerConfig:
     #: W&B group; null: the sweep dir for multiruns, else the run name.
     group: Optional[str] = None
     tags: list[str] = field(default_factory=list)
+    #: Also write TensorBoard event files to ``<run dir>/tensorboard`` (any ``kind``; needs the
+    #: ``tensorboard`` package, in the ``sweep`` extra).
+    tensorboard: bool = False
 
 
 @dataclass

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from ppo_lab.config import LoggerConfig
+from ppo_lab.config import ConfigError, LoggerConfig
 
 
 class JsonlLogger:
@@ -35,6 +35,34 @@ class JsonlLogger:
 
     def finish(self, exit_code: int = 0) -> None:
         self._file.close()
+
+
+class TensorBoardLogger:
+    """Writes every metric as a TensorBoard scalar (x = ``global_step``) to ``<run_dir>/tensorboard``.
+
+    Raises:
+        ConfigError: the ``tensorboard`` package is not installed.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ConfigError(
+                f"logger.tensorboard=true needs the tensorboard package ({exc}); install it with: "
+                'pip install -e ".[sweep]"'
+            ) from None
+        self.writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        for key, value in metrics.items():
+            self.writer.add_scalar(key, value, global_step=step)
+
+    def summary(self, values: dict[str, Any]) -> None:
+        self.writer.flush()
+
+    def finish(self, exit_code: int = 0) -> None:
+        self.writer.close()
 
 
 def wandb_mode(configured: Optional[str]) -> str:

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.config import ConfigError, TrainConfig, apply_aliases, to_typed
 from ppo_lab.envs import make_vec_env
-from ppo_lab.loggers import JsonlLogger, Loggers, WandbLogger
+from ppo_lab.loggers import JsonlLogger, Loggers, TensorBoardLogger, WandbLogger
 from ppo_lab.networks import ActorCritic, check_action_type, check_network_fits
 
 
@@ -138,6 +138,8 @@ def train(
             check_compatible(resume_state, network, typed.resume)
         # 3. Loggers.
         sinks: list[Any] = [JsonlLogger(run_dir)]
+        if typed.logger.tensorboard:
+            sinks.append(TensorBoardLogger(run_dir))
         if typed.logger.kind == "wandb":
             name = run_name(typed, overrides)
             group = sweep_group(sweep_dir) if sweep_dir else name

@@ -101,3 +101,14 @@ def test_logger_none_runs_without_importing_wandb(tmp_path):
     assert "WANDB_IMPORTED False" in proc.stdout
     assert not (tmp_path / "run" / "wandb").exists()
     assert (tmp_path / "run" / "metrics.jsonl").is_file()
+
+
+def test_tensorboard_sink_writes_event_files_with_the_same_metric_names(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(compose_cfg(["debug=fast", "logger.tensorboard=true", "total_timesteps=512"]), tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/approx_kl", "train/clipfrac", "time/sps", "eval/episodic_return"} <= tags
+    assert [e.step for e in events.Scalars("train/loss")] == [128, 256, 384, 512]
