@@ -38,6 +38,24 @@ def run_script(script: str, args: list[str], cwd: Path, timeout: float = 600, en
     )
 
 
+def sigterm_once_training(args: list[str], cwd: Path, metrics: Path, timeout: float = 60):
+    """Start ``python train.py <args>``, send SIGTERM once ``metrics`` (a metrics.jsonl) has a
+    row, and wait for it to exit. Returns ``(returncode, stderr)``."""
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
+    )
+    deadline = time.time() + timeout
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=timeout)
+    return proc.returncode, err
+
+
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     """A run of two CartPole updates without W&B."""

@@ -3,13 +3,12 @@
 import json
 import os
 import signal
-import time
 
 import pytest
 import torch
 
-from conftest import compose_cfg, run_script
-from ppo_lab.checkpoint import load_checkpoint, save_checkpoint
+from conftest import compose_cfg, run_script, sigterm_once_training
+from ppo_lab.checkpoint import load_checkpoint
 from ppo_lab.config import ConfigError
 from ppo_lab.run import train
 from ppo_lab.trainer import Trainer, TrainingDiverged, TrainingInterrupted
@@ -70,18 +69,8 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
 def test_sigterm_in_subprocess_saves_checkpoint_and_resume_finishes(tmp_path):
     args = ["logger=wandb", "progress=false", "total_timesteps=2000000", "checkpoint_interval=100000",
             "hydra.run.dir=run"]
-    proc = __import__("subprocess").Popen(
-        [__import__("sys").executable, str(__import__("conftest").ROOT / "train.py"), *args],
-        cwd=tmp_path, stdout=-1, stderr=-1, text=True,
-        env={**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"},
-    )
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err[-2000:]
+    returncode, err = sigterm_once_training(args, tmp_path, tmp_path / "run" / "metrics.jsonl")
+    assert returncode == 130, err[-2000:]
     assert "SIGTERM received" in err and "resume=" in err
     ckpts = list((tmp_path / "run" / "checkpoints").glob("update_*.pt"))
     assert len(ckpts) == 1

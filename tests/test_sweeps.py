@@ -147,28 +147,13 @@ def test_config_error_fails_only_its_job_and_names_its_overrides(tmp_path):
 
 
 def test_sigterm_stops_the_whole_sweep_not_just_its_job(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from conftest import ROOT
+    from conftest import sigterm_once_training
 
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "train.py"), "-m", "seed=1,2,3", "logger=none", "progress=false",
-         "total_timesteps=2000000", f"hydra.sweep.dir={sweep_dir}"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "WANDB_MODE": "offline"},
-    )
-    metrics = sweep_dir / "0" / "metrics.jsonl"
-    deadline = time.time() + 60
-    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode != 0
+    returncode, err = sigterm_once_training(
+        ["-m", "seed=1,2,3", "logger=none", "progress=false", "total_timesteps=2000000",
+         f"hydra.sweep.dir={sweep_dir}"], tmp_path, sweep_dir / "0" / "metrics.jsonl")
+    assert returncode != 0
     assert "SIGTERM received" in err
     assert list((sweep_dir / "0" / "checkpoints").glob("update_*.pt"))
     assert not (sweep_dir / "1").exists(), "the sweep went on to the next job"
