@@ -19,7 +19,9 @@ from conftest import run_script
                                  "allowed: action=discrete"]),
         (["env=pendulum", "action=discrete"], ["error: action=discrete does not fit", "allowed: action=continuous"]),
         (["env.id=NoSuchEnv-v0"], ["error: env.id='NoSuchEnv-v0' is not a registered gymnasium id"]),
-        (["device=cuda"], ["error: device='cuda' but CUDA is not available here; allowed: device=cpu or device=auto"]),
+        pytest.param(["device=cuda"], ["error: device='cuda' but CUDA is not available here; allowed: "
+                                       "device=cpu or device=auto"],
+                     marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is present")),
     ],
 )
 def test_bad_input_message_and_no_training(tmp_path, args, expected):
