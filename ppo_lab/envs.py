@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
+import torch
 from gymnasium.wrappers import vector as vw
 
 from ppo_lab.config import ConfigError, EnvConfig, EnvFamily
@@ -75,10 +76,16 @@ def check_env(cfg: EnvConfig) -> gym.Env:
         ) from None
 
 
-def _make_single(cfg: EnvConfig, render_mode: str | None) -> gym.Env:
+def _make_kwargs(cfg: EnvConfig) -> dict[str, Any]:
+    """Keyword arguments for ``gymnasium.make`` / ``make_vec``: ``env.kwargs`` plus the episode cap."""
     kwargs: dict[str, Any] = dict(cfg.kwargs)
     if cfg.max_episode_steps is not None:
         kwargs["max_episode_steps"] = cfg.max_episode_steps
+    return kwargs
+
+
+def _make_single(cfg: EnvConfig, render_mode: str | None) -> gym.Env:
+    kwargs = _make_kwargs(cfg)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     if cfg.family is EnvFamily.atari:
@@ -212,10 +219,8 @@ def make_vec_env(
         else:
             envs = gym.vector.SyncVectorEnv(fns)
     else:
-        kwargs = dict(cfg.kwargs)
-        if cfg.max_episode_steps is not None:
-            kwargs["max_episode_steps"] = cfg.max_episode_steps
-        envs = gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode="vector_entry_point", **kwargs)
+        envs = gym.make_vec(cfg.id, num_envs=num_envs, vectorization_mode="vector_entry_point",
+                            **_make_kwargs(cfg))
     if cfg.family is not EnvFamily.atari:
         envs = vw.RecordEpisodeStatistics(envs)
     if isinstance(envs.single_action_space, gym.spaces.Box):
@@ -345,9 +350,8 @@ def _to_plain(value: Any) -> Any:
     return None
 
 
-def torch_from_numpy(array: np.ndarray) -> Any:
-    import torch
-
+def torch_from_numpy(array: np.ndarray) -> torch.Tensor:
+    """A tensor holding a copy of ``array`` (for checkpoints: tensors load with weights_only)."""
     return torch.from_numpy(np.ascontiguousarray(array).copy())
 
 

@@ -140,31 +140,31 @@ def _log_eval_to_wandb(cfg: EvaluateConfig, state: dict[str, Any], train_cfg: An
                        run_dir: Path, summary: dict[str, Any]) -> None:
     import wandb
 
-    from ppo_lab.loggers import wandb_mode
+    from ppo_lab.config import LoggerConfig
+    from ppo_lab.loggers import WandbLogger
 
     trained_with = state["config"].get("logger", {})
-    run = wandb.init(
-        project=cfg.logger.project or trained_with.get("project") or "ppo_lab",
-        entity=cfg.logger.entity or trained_with.get("entity"),
-        mode=wandb_mode(cfg.logger.mode),
-        group=state.get("wandb_group"), job_type="eval", dir=str(run_dir),
+    logger_cfg = LoggerConfig(project=cfg.logger.project or trained_with.get("project") or "ppo_lab",
+                              entity=cfg.logger.entity or trained_with.get("entity"), mode=cfg.logger.mode)
+    logger = WandbLogger(
+        logger_cfg, run_dir,
+        {"checkpoint": summary["checkpoint"], "train_run_id": state.get("wandb_run_id"),
+         "deterministic": cfg.deterministic, "eval_seeds": list(cfg.eval_seeds)},
         name=f"eval_{train_cfg.env.id}_step{summary['global_step']}",
-        config={"checkpoint": summary["checkpoint"], "train_run_id": state.get("wandb_run_id"),
-                "deterministic": cfg.deterministic, "eval_seeds": list(cfg.eval_seeds)},
-        settings=wandb.Settings(console="off", x_disable_stats=True),
+        group=state.get("wandb_group"), job_type="eval",
     )
     try:
         table = wandb.Table(columns=["seed", "return", "length"],
                             data=[[e["seed"], e["return"], e["length"]] for e in summary["episodes"]])
         payload: dict[str, Any] = {"eval/episodic_return": summary["mean_return"],
                                    "eval/episodic_return_std": summary["std_return"],
-                                   "eval/episodes": table, "global_step": summary["global_step"]}
+                                   "eval/episodes": table}
         for i, path in enumerate(summary["videos"]):
             payload[f"eval/video_{i}"] = wandb.Video(path, format="mp4")
-        run.log(payload)
-        run.finish(exit_code=0)
+        logger.log(payload, summary["global_step"])
+        logger.finish(exit_code=0)
     except BaseException:
-        run.finish(exit_code=1)
+        logger.finish(exit_code=1)
         raise
 
 
