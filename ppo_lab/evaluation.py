@@ -62,8 +62,9 @@ def evaluate_policy(
         results: list[Optional[tuple[float, int]]] = [None] * episodes
         was_training = network.training
         network.eval()
+        policy = network.inference_policy()
         for _ in range(max_steps):
-            action, _, _ = network.act(obs_to_tensor(obs, device), deterministic)
+            action, _, _ = policy.act(obs_to_tensor(obs, device), deterministic)
             obs, _, _, _, infos = envs.step(action.cpu().numpy())
             for i, ret, length in completed_episodes(infos):
                 if results[i] is None:

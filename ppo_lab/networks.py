@@ -172,7 +172,12 @@ class ActorCritic(nn.Module):
             actions ``(B,)`` int64 (``(B, k)`` for MultiDiscrete) or ``(B, d)`` float (unclipped),
             their log-probs ``(B,)``, values ``(B,)``.
         """
-        params, value = self(obs)
+        return self.act_from(*self(obs), deterministic)
+
+    def act_from(
+        self, params: Tensor, value: Tensor, deterministic: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """:meth:`act` from the heads' outputs: logits ``(B, n)`` or mean ``(B, d)``, and value ``(B,)``."""
         if self.continuous:
             log_std = self.clamped_log_std()
             if deterministic:
@@ -184,6 +189,16 @@ class ActorCritic(nn.Module):
             return action, self.dist.log_prob(params, action), value
         return (*self.dist.sample_and_log_prob(params), value)
 
+    def inference_policy(self) -> "ActorCritic | FusedMLPPolicy":
+        """The fastest equivalent of this network for acting with frozen weights (rollouts and
+        evaluation): a :class:`FusedMLPPolicy` snapshot for MLPs, the network itself for CNNs.
+
+        Take a new one after every parameter update; a snapshot does not follow the weights.
+        """
+        if isinstance(self.actor_trunk, MLP):
+            return FusedMLPPolicy(self)
+        return self
+
     def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under the current policy."""
         params, value = self(obs)
@@ -192,6 +207,61 @@ class ActorCritic(nn.Module):
         else:
             logp, ent = self.dist.log_prob_entropy(params, actions)
         return logp, ent, value
+
+
+class FusedMLPPolicy:
+    """Inference-only snapshot of an MLP :class:`ActorCritic` with actor and critic fused into
+    one chain of matmuls (issue #8: one fused actor+critic forward per env step).
+
+    The hidden layers of separate actor and critic MLPs become block-diagonal layers of twice the
+    width (the first layer stacks both, since both read the observation), and the policy and
+    value heads become one head with ``n + 1`` outputs. A shared trunk keeps its layers and only
+    merges the heads. A rollout step thus runs ``len(hidden_sizes) + 1`` ``addmm`` calls instead
+    of ``2 * len(hidden_sizes) + 2``; the zero blocks cost nothing measurable at these widths.
+    Outputs equal the network's up to float rounding (``tests/test_networks.py``), and sampling
+    goes through the network's own distribution (:meth:`ActorCritic.act_from`), so it draws the
+    same random numbers.
+
+    Args:
+        network: an ActorCritic whose trunks are :class:`MLP` (``kind="mlp"``).
+    """
+
+    def __init__(self, network: ActorCritic) -> None:
+        self.network = network
+        self.activation = network.actor_trunk.activation
+        actor = network.actor_trunk.layers
+        critic = network.critic_trunk.layers
+        with torch.no_grad():
+            if network.shared:
+                self.layers = [(layer.weight.detach().clone(), layer.bias.detach().clone())
+                               for layer in actor]
+                head_w = torch.cat([network.policy_head.weight, network.value_head.weight])
+            else:
+                self.layers = [(torch.cat([actor[0].weight, critic[0].weight]),
+                                torch.cat([actor[0].bias, critic[0].bias]))]
+                self.layers += [(torch.block_diag(a.weight, c.weight), torch.cat([a.bias, c.bias]))
+                                for a, c in zip(actor[1:], critic[1:])]
+                head_w = torch.block_diag(network.policy_head.weight, network.value_head.weight)
+            self.head = (head_w, torch.cat([network.policy_head.bias, network.value_head.bias]))
+            # addmm wants (in, out) matrices; transpose once here, not per step.
+            self.layers = [(w.t().contiguous(), b) for w, b in self.layers]
+            self.head = (self.head[0].t().contiguous(), self.head[1])
+
+    def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``obs`` ``(B, *obs_shape)`` -> (logits or mean ``(B, n)``, value ``(B,)``)."""
+        x = obs.flatten(1) if obs.dim() > 2 else obs
+        for w, b in self.layers:
+            x = self.activation(torch.addmm(b, x, w))
+        out = torch.addmm(self.head[1], x, self.head[0])
+        return out[:, :-1], out[:, -1]
+
+    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """Same contract as :meth:`ActorCritic.act`."""
+        return self.network.act_from(*self(obs), deterministic)
+
+    def value(self, obs: Tensor) -> Tensor:
+        """``(B,)`` state values V(s)."""
+        return self(obs)[1]
 
 
 def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:

@@ -142,13 +142,17 @@ class RolloutCollector:
             of every episode that ended during the rollout.
         """
         buf, episodes = self.buffer, []
+        policy = network.inference_policy()  # fused actor+critic snapshot of this rollout's weights
+        # Per-step outputs are gathered in lists and stacked once per rollout: one indexed tensor
+        # write costs about as much as the whole policy forward of a classic-control step.
+        actions, logprobs, values = [], [], []
         for t in range(buf.obs.shape[0]):
             obs = buf.obs[t]
             obs.copy_(torch.from_numpy(np.asarray(self.next_obs)))
-            action, logprob, value = network.act(obs)
-            buf.actions[t] = action
-            buf.logprobs[t] = logprob
-            buf.values[t] = value
+            action, logprob, value = policy.act(obs)
+            actions.append(action)
+            logprobs.append(logprob)
+            values.append(value)
             buf.valid[t] = ~self.prev_done
             tic = time.perf_counter()
             self.next_obs, reward, terminated, truncated, infos = self.envs.step(action.cpu().numpy())
@@ -159,5 +163,8 @@ class RolloutCollector:
             self.prev_done = terminated | truncated
             if infos:
                 episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
-        buf.next_value.copy_(network.value(obs_to_tensor(self.next_obs, self.device)))
+        torch.stack(actions, out=buf.actions)
+        torch.stack(logprobs, out=buf.logprobs)
+        torch.stack(values, out=buf.values)
+        buf.next_value.copy_(policy.value(obs_to_tensor(self.next_obs, self.device)))
         return buf, episodes

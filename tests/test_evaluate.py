@@ -70,6 +70,9 @@ def test_evaluation_episode_k_uses_seed_s_plus_k_even_for_batched_cartpole():
                 self.first = obs.clone()
             return torch.zeros(obs.shape[0], dtype=torch.long), None, None
 
+        def inference_policy(self):
+            return self
+
         def eval(self):
             pass
 

@@ -83,3 +83,54 @@ def test_cnn_takes_uint8_frames_and_scales_them():
     # Scaling by 1/255 happens inside: feeding obs/255 as floats *255 gives the same output.
     logits2, _ = net(obs.float())
     torch.testing.assert_close(logits, logits2)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("space, action_type", [
+    (DISCRETE, ActionType.discrete),
+    (gym.spaces.MultiDiscrete([3, 2]), ActionType.discrete),
+    (BOX, ActionType.continuous),
+])
+def test_fused_inference_policy_matches_the_network(shared, space, action_type):
+    """The rollout's fused actor+critic snapshot gives the network's outputs and, from the same
+    torch seed, the same sampled actions and log-probs."""
+    from ppo_lab.networks import FusedMLPPolicy
+
+    torch.manual_seed(0)
+    net = ActorCritic(OBS, space, action_type, shared=shared, hidden_sizes=(64, 32), log_std_init=-0.3)
+    with torch.no_grad():  # non-zero biases and a non-trivial head, so every block is checked
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    policy = net.inference_policy()
+    assert isinstance(policy, FusedMLPPolicy)
+    obs = torch.randn(7, 4)
+    with torch.no_grad():
+        params, value = net(obs)
+        fused_params, fused_value = policy(obs)
+        torch.testing.assert_close(fused_params, params)
+        torch.testing.assert_close(fused_value, value)
+        torch.testing.assert_close(policy.value(obs), net.value(obs))
+        for deterministic in (False, True):
+            torch.manual_seed(1)
+            expected = net.act(obs, deterministic)
+            torch.manual_seed(1)
+            got = policy.act(obs, deterministic)
+            for e, g in zip(expected, got):
+                torch.testing.assert_close(g, e)
+
+
+def test_fused_policy_is_a_snapshot_of_the_weights():
+    net = ActorCritic(OBS, DISCRETE, ActionType.discrete)
+    policy = net.inference_policy()
+    obs = torch.randn(3, 4)
+    before = policy(obs)[1].clone()
+    with torch.no_grad():
+        net.value_head.bias.add_(1.0)
+    torch.testing.assert_close(policy(obs)[1], before)  # frozen: take a new one per rollout
+    torch.testing.assert_close(net.inference_policy()(obs)[1], before + 1.0)
+
+
+def test_cnn_acts_through_the_network_itself():
+    frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
+    net = ActorCritic(frames, DISCRETE, ActionType.discrete, kind="cnn", hidden_sizes=(512,))
+    assert net.inference_policy() is net

@@ -38,6 +38,9 @@ class FakeNet:
     def value(self, obs):
         return 10 * obs[:, 0]
 
+    def inference_policy(self):
+        return self
+
 
 def make_envs():
     envs = gym.vector.SyncVectorEnv([lambda: gym.wrappers.TimeLimit(CountEnv(), 3)])
