@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import statistics
@@ -70,6 +71,13 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 #: The issue's targets (CPU).
 TARGETS = {"CartPole-v1": 2.5, "HalfCheetah-v5": 1.5}
+#: Training-return thresholds for "time to target": the first time the mean of the last
+#: :data:`RETURN_WINDOW` finished training episodes (raw returns, stochastic policy) reaches the
+#: threshold, checked after each update in both programs. Chosen once, before measuring, as a
+#: level both should pass within the default budgets (CartPole-v0's old "solved" bar; HalfCheetah
+#: moving forward at all).
+RETURN_TARGETS = {"CartPole-v1": 195.0, "HalfCheetah-v5": 0.0, "ALE/Breakout-v5": 10.0}
+RETURN_WINDOW = 20
 DEFAULT_RUN_TARGET = {"eval_return": 475.0, "process_wall_s": 20.0}
 EVAL_EPISODES = 10
 EVAL_SEED = 10_000
@@ -175,6 +183,7 @@ def run_ppo_lab(env_id: str, steps: int, seed: int, workdir: Path) -> dict[str, 
     phases = {k: float(summary.get(f"time/{k}_s", 0.0)) for k in ("env", "inference", "update", "log")}
     loop_s = float(summary["time/wall_s"])
     phases_s = sum(phases.values())
+    row.update(time_to_target_ppo_lab(run_dir / "metrics.jsonl", RETURN_TARGETS[env_id]))
     row.update({
         "steps": int(summary.get("global_step", steps)),
         "loop_s": loop_s,
@@ -184,6 +193,29 @@ def run_ppo_lab(env_id: str, steps: int, seed: int, workdir: Path) -> dict[str, 
                         "startup_and_exit": res["process_wall_s"] - loop_s},
     })
     return _add_sps(row)
+
+
+def time_to_target_ppo_lab(metrics_path: Path, target: float) -> dict[str, Any]:
+    """When a ppo_lab run's training return first reached ``target``.
+
+    Reads ``charts/episodic_return_last20`` (mean of the last 20 finished episodes) and
+    ``time/elapsed_s`` (seconds since the training loop started), logged after every update.
+
+    Args:
+        metrics_path: the run's metrics.jsonl.
+        target: the return threshold.
+
+    Returns:
+        ``{"target_return", "time_to_target_s" (seconds, or None if never reached),
+        "steps_to_target" (env steps, or None)}``.
+    """
+    out: dict[str, Any] = {"target_return": target, "time_to_target_s": None, "steps_to_target": None}
+    for line in metrics_path.read_text().splitlines():
+        row = json.loads(line)
+        if row.get("charts/episodic_return_last20", -math.inf) >= target and "time/elapsed_s" in row:
+            out.update(time_to_target_s=float(row["time/elapsed_s"]), steps_to_target=int(row["global_step"]))
+            break
+    return out
 
 
 def run_sb3(env_id: str, steps: int, seed: int, workdir: Path) -> dict[str, Any]:
@@ -235,6 +267,7 @@ def sb3_child(env_id: str, steps: int, seed: int, out: Path) -> None:
     """
     import torch
     from stable_baselines3 import PPO
+    from stable_baselines3.common.callbacks import BaseCallback
     from stable_baselines3.common.env_util import make_atari_env, make_vec_env
     from stable_baselines3.common.evaluation import evaluate_policy
     from stable_baselines3.common.vec_env import VecFrameStack, VecNormalize
@@ -271,8 +304,37 @@ def sb3_child(env_id: str, steps: int, seed: int, out: Path) -> None:
         max_grad_norm=s["max_grad_norm"], policy_kwargs=policy_kwargs, seed=seed,
         device="auto" if atari else "cpu", verbose=0,
     )
+    class TimeToTarget(BaseCallback):
+        """Same rule as ppo_lab's: after each update (at the next rollout's start, or at the end),
+        the mean of the last RETURN_WINDOW finished episodes (Monitor's raw returns)."""
+
+        def __init__(self, target: float) -> None:
+            super().__init__()
+            self.target, self.result = target, {"target_return": target, "time_to_target_s": None,
+                                                "steps_to_target": None}
+
+        def _on_training_start(self) -> None:
+            self.start = time.perf_counter()
+
+        def _check(self) -> None:
+            episodes = list(self.model.ep_info_buffer)[-RETURN_WINDOW:]
+            if (self.result["time_to_target_s"] is None and episodes
+                    and sum(e["r"] for e in episodes) / len(episodes) >= self.target):
+                self.result.update(time_to_target_s=time.perf_counter() - self.start,
+                                   steps_to_target=int(self.num_timesteps))
+
+        def _on_rollout_start(self) -> None:
+            self._check()
+
+        def _on_training_end(self) -> None:
+            self._check()
+
+        def _on_step(self) -> bool:
+            return True
+
+    callback = TimeToTarget(RETURN_TARGETS[env_id])
     tic = time.perf_counter()
-    model.learn(total_timesteps=steps)
+    model.learn(total_timesteps=steps, callback=callback)
     learn_s = time.perf_counter() - tic
 
     tic = time.perf_counter()
@@ -283,7 +345,8 @@ def sb3_child(env_id: str, steps: int, seed: int, out: Path) -> None:
     mean, std = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
     eval_s = time.perf_counter() - tic
     out.write_text(json.dumps({"steps": int(model.num_timesteps), "loop_s": learn_s, "eval_s": eval_s,
-                               "eval_return": float(mean), "eval_return_std": float(std)}))
+                               "eval_return": float(mean), "eval_return_std": float(std),
+                               **callback.result}))
 
 
 def sb3_version() -> Optional[str]:
@@ -446,6 +509,12 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
         med["breakdown_s"] = {k: statistics.median(r["breakdown_s"][k] for r in ok)
                               for k in ok[0]["breakdown_s"]}
     med["eval_returns"] = [r["eval_return"] for r in ok]
+    # Time to target: median over all rounds only when every round reached the target.
+    reached = [r for r in ok if r.get("time_to_target_s") is not None]
+    med["target_return"] = ok[0].get("target_return")
+    med["target_reached"] = f"{len(reached)}/{len(ok)}"
+    for key in ("time_to_target_s", "steps_to_target"):
+        med[key] = statistics.median(r[key] for r in reached) if len(reached) == len(ok) else None
     return med
 
 
@@ -477,6 +546,20 @@ def print_tables(report: dict[str, Any]) -> None:
                   f"| {_fmt(rss / 1024 if rss else None, '.0f')} | {ratio} |")
     print("\nSPS in-loop: ppo_lab `time/wall_s` (includes its final eval and checkpoint); SB3 `learn()` "
           "only. SPS loop excl. eval: ppo_lab's phases summed; SB3 `learn()`.")
+
+    print(f"\n## Time to a target training return (mean of the last {RETURN_WINDOW} episodes, "
+          "checked after each update; seconds from the start of training)\n")
+    print("| env | target return | program | reached (rounds) | seconds to target | env steps to target "
+          "| ratio SB3/ppo_lab (seconds) |\n|---|---:|---|---|---:|---:|---:|")
+    for env_id, res in report["results"].items():
+        for prog in ("ppo_lab", "sb3"):
+            m = res.get(prog)
+            if not m:
+                continue
+            ratio = _fmt(res.get("ratio_time_to_target"), ".2f") if prog == "ppo_lab" else ""
+            print(f"| {env_id} | {_fmt(m.get('target_return'), '.0f')} | {prog} | {m.get('target_reached')} "
+                  f"| {_fmt(m.get('time_to_target_s'), '.2f')} | {_fmt(m.get('steps_to_target'), ',.0f')} "
+                  f"| {ratio} |")
 
     print("\n## Env-only ceiling (random actions, in-process)\n")
     print("| env | vectorization | envs | steps | seconds | SPS |\n|---|---|---:|---:|---:|---:|")
@@ -658,6 +741,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             res = {name: summarize(rows) for name, rows in per_prog.items()}
             a, b = res["ppo_lab"].get("process_sps"), res.get("sb3", {}).get("process_sps")
             res["ratio_process_sps"] = a / b if a and b else None
+            ta, tb = res["ppo_lab"].get("time_to_target_s"), res.get("sb3", {}).get("time_to_target_s")
+            res["ratio_time_to_target"] = tb / ta if ta and tb else None
             report["results"][env_id] = res
             raw[env_id] = [r for rows in per_prog.values() for r in rows]
         report["runs"] = raw

@@ -152,7 +152,7 @@ class Trainer:
                 # 5. Log.
                 tic = time.perf_counter()
                 sps = (self.global_step - start_step) / (tic - start)
-                self._log(stats, episodes, lr, clip_coef, sps)
+                self._log(stats, episodes, lr, clip_coef, sps, elapsed=tic - start)
                 bar.update(a.batch_size)
                 bar.set_postfix(sps=f"{sps:,.0f}", ret=self._recent_return(), refresh=False)
                 self.timing["log"] += time.perf_counter() - tic
@@ -267,7 +267,8 @@ class Trainer:
                 )
 
     def _log(
-        self, stats: dict[str, float], episodes: list[tuple[float, int]], lr: float, clip: float, sps: float
+        self, stats: dict[str, float], episodes: list[tuple[float, int]], lr: float, clip: float,
+        sps: float, elapsed: float,
     ) -> None:
         metrics = {f"train/{k}": v for k, v in stats.items()}
         log_std = None
@@ -278,13 +279,15 @@ class Trainer:
             LOG.warning("update %d (global_step %d): %s", self.iteration, self.global_step, message)
             metrics[f"diagnostics/{name}"] = 1.0
         metrics.update({"train/learning_rate": lr, "train/clip_coef": clip, "time/sps": sps,
-                        "train/update": self.iteration})
+                        "time/elapsed_s": elapsed, "train/update": self.iteration})
         if episodes:
             returns = [r for r, _ in episodes]
             self.recent_returns.extend(returns)
             metrics["charts/episodic_return"] = float(np.mean(returns))
             metrics["charts/episodic_length"] = float(np.mean([n for _, n in episodes]))
             metrics["charts/episodes"] = len(episodes)
+        if self.recent_returns:
+            metrics["charts/episodic_return_last20"] = float(np.mean(self.recent_returns))
         self.loggers.log(metrics, self.global_step)
 
     def _recent_return(self) -> str:

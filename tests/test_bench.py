@@ -30,3 +30,26 @@ def test_quick_bench_without_sb3_writes_ppo_lab_rows_and_env_ceiling(tmp_path):
     ceilings = [c for c in report["ceilings"] if c["env"] == "CartPole-v1"]
     assert ceilings and all(c["sps"] > 0 and c["steps"] > 0 for c in ceilings)
     assert "ppo_lab" in proc.stdout and "Env-only ceiling" in proc.stdout
+    assert "Time to a target training return" in proc.stdout
+    for env_id in envs:
+        row = report["results"][env_id]["ppo_lab"]
+        assert {"target_return", "target_reached", "time_to_target_s", "steps_to_target"} <= set(row)
+
+
+def test_time_to_target_is_the_first_update_whose_last20_mean_reaches_it(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench
+    finally:
+        sys.path.pop(0)
+    rows = [{"global_step": 512, "time/elapsed_s": 0.5},  # no episode finished yet
+            {"global_step": 1024, "time/elapsed_s": 1.0, "charts/episodic_return_last20": 150.0},
+            {"global_step": 1536, "time/elapsed_s": 1.6, "charts/episodic_return_last20": 195.0},
+            {"global_step": 2048, "time/elapsed_s": 2.1, "charts/episodic_return_last20": 300.0}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert bench.time_to_target_ppo_lab(path, 195.0) == {
+        "target_return": 195.0, "time_to_target_s": 1.6, "steps_to_target": 1536}
+    assert bench.time_to_target_ppo_lab(path, 500.0)["time_to_target_s"] is None

@@ -318,3 +318,29 @@ def test_kl_penalty_and_clip_objectives_differ_on_the_same_batch():
     expected_kl = -(torch.tensor([1.0, -1.0]) * ratio).mean() + ((ratio - 1) - torch.tensor([0.5, -0.5])).mean()
     assert math.isclose(float(kl), float(expected_kl), rel_tol=1e-6)
     assert not math.isclose(float(clip), float(kl))
+
+
+def test_smoothed_return_is_the_mean_of_the_last_20_episodes_and_elapsed_time_grows(tmp_path, monkeypatch):
+    from ppo_lab import rollout
+
+    seen, per_update = [], []
+    real_collect = rollout.RolloutCollector.collect
+
+    def collect(self, network):
+        buf, episodes = real_collect(self, network)
+        seen.extend(r for r, _ in episodes)
+        per_update.append(list(seen))
+        return buf, episodes
+
+    monkeypatch.setattr(rollout.RolloutCollector, "collect", collect)
+    trainer, rec = make_trainer(["total_timesteps=4096"], tmp_path)  # 16 updates of 256 steps
+    trainer.fit()
+    rows = [r for r in rec.rows if "train/update" in r]
+    assert len(rows) == len(per_update) == 16 and len(seen) > 20
+    for row, returns in zip(rows, per_update):
+        if returns:
+            assert math.isclose(row["charts/episodic_return_last20"], float(np.mean(returns[-20:])), rel_tol=1e-6)
+        else:
+            assert "charts/episodic_return_last20" not in row
+    elapsed = [r["time/elapsed_s"] for r in rows]
+    assert elapsed[0] > 0 and all(b > a for a, b in zip(elapsed, elapsed[1:]))
