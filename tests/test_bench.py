@@ -53,3 +53,13 @@ def test_time_to_target_is_the_first_update_whose_last20_mean_reaches_it(tmp_pat
     assert bench.time_to_target_ppo_lab(path, 195.0) == {
         "target_return": 195.0, "time_to_target_s": 1.6, "steps_to_target": 1536}
     assert bench.time_to_target_ppo_lab(path, 500.0)["time_to_target_s"] is None
+
+
+def test_step_costs_script_prints_every_piece():
+    proc = run_script("benchmarks/step_costs.py", ["--iters", "20"], cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
+    names = {line.split(" | ")[0][2:] for line in rows}
+    assert {"minibatch 128: forward", "minibatch 128: + clip and Adam (full step)",
+            "rollout step: fused snapshot .act (4 envs)", "op (128, 64): torch.tanh"} <= names
+    assert all(float(line.rstrip(" |").split(" | ")[-1]) > 0 for line in rows)
