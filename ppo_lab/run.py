@@ -7,6 +7,7 @@ Hydra run dir. Tests call :func:`train` directly with a config composed by ``hyd
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 import time
@@ -54,6 +55,14 @@ def build_network(cfg: TrainConfig, envs: Any, device: torch.device) -> ActorCri
         log_std_init=cfg.action.log_std_init,
         _convert_="all",
     ).to(device)
+
+
+def resolve_torch_threads(cfg: TrainConfig) -> int:
+    """The torch intra-op thread count of a run: ``cfg.torch_threads`` when set, else 1 for MLP
+    networks and the number of CPU cores this process may use for CNNs (issue #8)."""
+    if cfg.torch_threads is not None:
+        return cfg.torch_threads
+    return len(os.sched_getaffinity(0)) if cfg.network.kind == "cnn" else 1
 
 
 def seed_everything(seed: int, torch_threads: int, deterministic: bool) -> None:
@@ -126,7 +135,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume_state is None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
-    seed_everything(typed.seed, typed.torch_threads, typed.torch_deterministic)
+    seed_everything(typed.seed, resolve_torch_threads(typed), typed.torch_deterministic)
     device = resolve_device(typed.device)
 
     # 1. Environment.

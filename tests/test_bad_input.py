@@ -14,6 +14,7 @@ from conftest import run_script
         (["evn.id=CartPole-v1"], ["error: unknown key evn", "allowed keys of the top level:", "env,"]),
         (["agent.num_envs=many"], ["agent.num_envs", "many"]),
         (["agent.clip_coef=0"], ["error: agent.clip_coef=0.0 is not allowed: must be > 0"]),
+        (["torch_threads=0"], ["error: torch_threads=0 is not allowed: must be a positive integer"]),
         (["agent.num_minibatches=7"], ["error: agent.num_minibatches=7 does not divide batch_size=256"]),
         (["action=continuous"], ["error: action=continuous does not fit the env's action space Discrete(2)",
                                  "allowed: action=discrete"]),

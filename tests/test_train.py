@@ -112,3 +112,16 @@ def test_tensorboard_sink_writes_event_files_with_the_same_metric_names(tmp_path
     tags = set(events.Tags()["scalars"])
     assert {"train/approx_kl", "train/clipfrac", "time/sps", "eval/episodic_return"} <= tags
     assert [e.step for e in events.Scalars("train/loss")] == [128, 256, 384, 512]
+
+
+def test_torch_threads_default_is_one_for_mlp_and_every_usable_core_for_cnn():
+    import os
+
+    from conftest import compose_cfg
+    from ppo_lab.config import to_typed
+    from ppo_lab.run import resolve_torch_threads
+
+    assert resolve_torch_threads(to_typed(compose_cfg([]))) == 1
+    assert resolve_torch_threads(to_typed(compose_cfg(["env=breakout"]))) == len(os.sched_getaffinity(0))
+    assert resolve_torch_threads(to_typed(compose_cfg(["env=breakout", "torch_threads=1"]))) == 1
+    assert resolve_torch_threads(to_typed(compose_cfg(["torch_threads=3"]))) == 3
