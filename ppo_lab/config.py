@@ -221,8 +221,10 @@ class TrainConfig:
     torch_threads: Optional[int] = None
     #: Deterministic cuDNN kernels.
     torch_deterministic: bool = True
-    #: ``torch.compile`` the network's forward pass. Pays off on long and GPU runs; on CPU the
-    #: compilation (~10 s or more) outweighs the gain for short runs of small networks.
+    #: ``torch.compile`` the network's forward pass, which the update epochs use (MLP rollouts act
+    #: through the eager fused snapshot, ``ActorCritic.inference_policy``; CNN rollouts through the
+    #: compiled network). Pays off on long and GPU runs; on CPU the compilation (~10 s or more)
+    #: outweighs the gain for short runs of small networks.
     compile: bool = False
     #: Save a checkpoint every this many updates (and always at the end).
     checkpoint_interval: int = 50

@@ -163,8 +163,8 @@ class RolloutCollector:
             self.prev_done = terminated | truncated
             if infos:
                 episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
-        torch.stack(actions, out=buf.actions)
-        torch.stack(logprobs, out=buf.logprobs)
-        torch.stack(values, out=buf.values)
+        buf.actions.copy_(torch.stack(actions))  # copy_, not out=: a shape mismatch must raise
+        buf.logprobs.copy_(torch.stack(logprobs))
+        buf.values.copy_(torch.stack(values))
         buf.next_value.copy_(policy.value(obs_to_tensor(self.next_obs, self.device)))
         return buf, episodes

@@ -62,7 +62,10 @@ def resolve_torch_threads(cfg: TrainConfig) -> int:
     networks and the number of CPU cores this process may use for CNNs (issue #8)."""
     if cfg.torch_threads is not None:
         return cfg.torch_threads
-    return len(os.sched_getaffinity(0)) if cfg.network.kind == "cnn" else 1
+    if cfg.network.kind != "cnn":
+        return 1
+    # Cores this process may run on (taskset / SLURM / cgroup cpusets); not on macOS or Windows.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def seed_everything(seed: int, torch_threads: int, deterministic: bool) -> None:
@@ -131,11 +134,14 @@ def train(
     typed = to_typed(cfg)
     if resume_state is None:
         ensure_run_dir_free(run_dir)
+    # The thread count changes CPU float results: resolve it once and record the number in the
+    # run's config, so a resume elsewhere (another core count) uses the same one.
+    typed.torch_threads = cfg.torch_threads = resolve_torch_threads(typed)
     run_config = resolved_config(cfg, overrides)
     run_dir.mkdir(parents=True, exist_ok=True)
     if resume_state is None:
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
-    seed_everything(typed.seed, resolve_torch_threads(typed), typed.torch_deterministic)
+    seed_everything(typed.seed, typed.torch_threads, typed.torch_deterministic)
     device = resolve_device(typed.device)
 
     # 1. Environment.

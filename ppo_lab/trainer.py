@@ -339,6 +339,7 @@ class Trainer:
             "wandb_group": self.loggers.wandb_group,
             "wandb_name": self.loggers.wandb_name,
             "collector": self.collector.state_dict() if exact_env else None,
+            "recent_returns": torch.tensor(list(self.recent_returns), dtype=torch.float64),
             "env_state": env_state(self.envs) if exact_env else None,
         }
 
@@ -356,6 +357,7 @@ class Trainer:
         self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
         self.kl_beta = float(state["kl_beta"])
         self.best_eval_return = float(state["best_eval_return"])
+        self.recent_returns.extend(state.get("recent_returns", torch.zeros(0)).tolist())
         load_normalization_state(self.envs, normalization_from_tensors(state["normalization"]))
         rng = state["rng"]
         random.setstate(rng["python"])

@@ -64,6 +64,15 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     assert a["global_step"] == b["global_step"] == 5120
     for key in a["model"]:
         torch.testing.assert_close(a["model"][key], b["model"][key], rtol=0, atol=0)
+    # The smoothed return carries over the resume (its last 20 episodes are in the checkpoint).
+    assert smoothed_returns(parted) == smoothed_returns(full)
+    # The thread count is resolved once and recorded, so a resume elsewhere uses the same one.
+    assert a["config"]["torch_threads"] == 1
+
+
+def smoothed_returns(run_dir):
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [(r["global_step"], r.get("charts/episodic_return_last20")) for r in rows if "train/loss" in r]
 
 
 def test_sigterm_in_subprocess_saves_checkpoint_and_resume_finishes(tmp_path):

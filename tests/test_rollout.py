@@ -71,3 +71,21 @@ def test_termination_is_recorded_and_the_autoreset_step_carries_into_the_next_ro
     # The next rollout opens with the autoreset step (final obs 2, invalid), then obs 0.
     np.testing.assert_array_equal(buf.obs[:, 0, 0].numpy(), [2, 0])
     np.testing.assert_array_equal(buf.valid[:, 0], [0, 1])
+
+
+def test_each_rollout_acts_with_the_current_weights():
+    """The collector takes a fresh fused snapshot per rollout: after a weight change the stored
+    values are the new network's, not a cached copy's."""
+    from ppo_lab.config import ActionType
+    from ppo_lab.networks import ActorCritic
+
+    envs = make_envs()
+    net = ActorCritic(envs.single_observation_space, envs.single_action_space, ActionType.discrete)
+    collector = RolloutCollector(envs, num_steps=5, device=torch.device("cpu"), seed=0)
+    for shift in (0.0, 3.0):
+        with torch.no_grad():
+            net.value_head.bias.fill_(shift)
+        buf, _ = collector.collect(net)
+        with torch.no_grad():
+            torch.testing.assert_close(buf.values, net.value(buf.obs.flatten(0, 1)).view(5, 1))
+        assert abs(float(buf.values.mean()) - shift) < 2.0
