@@ -2,7 +2,8 @@
 
 Each trains the env's own config (preset and budget) on seed 1 and asserts the target of
 docs/results.md on the final 10-episode deterministic evaluation. Wall times on 2 CPU cores:
-Acrobot ~1 min, LunarLander ~1.5 min, HalfCheetah and Hopper ~7-9 min each, Atari not included.
+Acrobot ~0.6 min, LunarLander ~1.3 min, HalfCheetah and Hopper ~5-6 min each (the whole file
+~14 min), Atari not included.
 """
 
 import pytest
