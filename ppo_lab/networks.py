@@ -31,10 +31,6 @@ def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) 
     return layer
 
 
-def _activation(name: str) -> type[nn.Module]:
-    return {"tanh": nn.Tanh, "relu": nn.ReLU}[name]
-
-
 class MLP(nn.Module):
     """Hidden layers of an MLP: ``(B, *obs_shape)`` flattened to ``(B, in_dim)`` ->
     ``(B, hidden_sizes[-1])``, each layer followed by the activation.

@@ -219,8 +219,6 @@ def resume_config(state: dict[str, Any], resume: str, overrides: list[str]) -> D
     Raises:
         ConfigError: an override selects a config group (``env=...``): a resumed run keeps its own.
     """
-    from hydra.core.config_store import ConfigStore  # noqa: F401  (schema registered by train.py)
-
     saved = OmegaConf.create(state["config"])
     saved.pop("overrides", None)
     extra = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
