@@ -9,7 +9,6 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
 
 from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.config import EnvConfig, EvaluateConfig, to_typed, validate_evaluate
@@ -90,14 +89,12 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
         ConfigError: the saved config or network does not fit (e.g. a checkpoint of another
             network than the saved config describes).
     """
-    from ppo_lab.run import build_network, check_compatible, resolve_device
+    from ppo_lab.run import build_network, check_compatible, resolve_device, saved_config
 
     validate_evaluate(cfg)
     ckpt_path = find_checkpoint(cfg.checkpoint)
     state = load_checkpoint(ckpt_path)
-    saved = OmegaConf.create(state["config"])
-    saved.pop("overrides", None)
-    train_cfg = to_typed(saved)
+    train_cfg = to_typed(saved_config(state))
     device = resolve_device(cfg.device)
     run_dir = run_dir_of(ckpt_path)
     out_dir = run_dir / "eval"

@@ -212,6 +212,14 @@ def ensure_run_dir_free(run_dir: Path) -> None:
         )
 
 
+def saved_config(state: dict[str, Any]) -> DictConfig:
+    """The config a checkpoint's run trained with (``state["config"]``, without the recorded
+    command-line ``overrides`` list)."""
+    saved = OmegaConf.create(state["config"])
+    saved.pop("overrides", None)
+    return saved
+
+
 def resume_config(state: dict[str, Any], resume: str, overrides: list[str]) -> DictConfig:
     """The config to continue a run with: the run's saved config, plus the command line's
     ``key.path=value`` overrides (e.g. ``total_timesteps=200000`` to extend it).
@@ -219,8 +227,7 @@ def resume_config(state: dict[str, Any], resume: str, overrides: list[str]) -> D
     Raises:
         ConfigError: an override selects a config group (``env=...``): a resumed run keeps its own.
     """
-    saved = OmegaConf.create(state["config"])
-    saved.pop("overrides", None)
+    saved = saved_config(state)
     extra = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
     groups = {"env", "agent", "network", "action", "logger", "debug", "experiment", "hparams_search"}
     bad = [o for o in extra if o.split("=")[0].lstrip("+~") in groups or o.startswith("~")]
