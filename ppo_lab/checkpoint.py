@@ -13,11 +13,18 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be found or read. The message names the file."""
+
+
+def torch_from_numpy(array: np.ndarray) -> torch.Tensor:
+    """A tensor holding a copy of ``array``: how numpy state goes into a checkpoint (tensors
+    load with ``weights_only=True``; the copy keeps later in-place changes out of it)."""
+    return torch.from_numpy(np.ascontiguousarray(array).copy())
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

@@ -25,9 +25,9 @@ from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
-import torch
 from gymnasium.wrappers import vector as vw
 
+from ppo_lab.checkpoint import torch_from_numpy
 from ppo_lab.config import ConfigError, EnvConfig, EnvFamily
 
 #: The pip extra that provides each family's simulator.
@@ -348,11 +348,6 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, np.random.Generator):
         return {"__generator__": value.bit_generator.state}
     return None
-
-
-def torch_from_numpy(array: np.ndarray) -> torch.Tensor:
-    """A tensor holding a copy of ``array`` (for checkpoints: tensors load with weights_only)."""
-    return torch.from_numpy(np.ascontiguousarray(array).copy())
 
 
 def env_state(envs: gym.vector.VectorEnv) -> list[dict[str, Any]]:

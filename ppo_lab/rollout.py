@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ppo_lab.checkpoint import torch_from_numpy
 from ppo_lab.envs import completed_episodes
 from ppo_lab.networks import ActorCritic
 
@@ -124,8 +125,8 @@ class RolloutCollector:
     def state_dict(self) -> dict[str, Tensor]:
         """The observation to act on next and which envs are due for an autoreset step."""
         return {
-            "next_obs": torch.from_numpy(np.array(self.next_obs, copy=True)),
-            "prev_done": torch.from_numpy(self.prev_done.copy()),
+            "next_obs": torch_from_numpy(np.asarray(self.next_obs)),
+            "prev_done": torch_from_numpy(self.prev_done),
         }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:

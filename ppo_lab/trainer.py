@@ -23,7 +23,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ppo_lab.advantages import compute_gae
-from ppo_lab.checkpoint import load_checkpoint, save_checkpoint
+from ppo_lab.checkpoint import load_checkpoint, save_checkpoint, torch_from_numpy
 from ppo_lab.config import EnvFamily, LossType, TrainConfig
 from ppo_lab.envs import (
     env_state,
@@ -332,7 +332,7 @@ class Trainer:
             "normalization": normalization_to_tensors(normalization_state(self.envs)),
             "rng": {
                 "python": random.getstate(),
-                "numpy": [np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]],
+                "numpy": [np_state[0], torch_from_numpy(np_state[1]), *np_state[2:]],
                 "torch": torch.get_rng_state(),
             },
             "wandb_run_id": self.loggers.wandb_run_id,
