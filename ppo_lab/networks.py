@@ -225,23 +225,23 @@ class FusedMLPPolicy:
     def __init__(self, network: ActorCritic) -> None:
         self.network = network
         self.activation = network.actor_trunk.activation
-        actor = network.actor_trunk.layers
-        critic = network.critic_trunk.layers
+        actor, critic = network.actor_trunk.layers, network.critic_trunk.layers
+        policy, value = network.policy_head, network.value_head
         with torch.no_grad():
             if network.shared:
-                self.layers = [(layer.weight.detach().clone(), layer.bias.detach().clone())
-                               for layer in actor]
-                head_w = torch.cat([network.policy_head.weight, network.value_head.weight])
+                layers = [(layer.weight, layer.bias) for layer in actor]
+                head_w = torch.cat([policy.weight, value.weight])
             else:
-                self.layers = [(torch.cat([actor[0].weight, critic[0].weight]),
-                                torch.cat([actor[0].bias, critic[0].bias]))]
-                self.layers += [(torch.block_diag(a.weight, c.weight), torch.cat([a.bias, c.bias]))
-                                for a, c in zip(actor[1:], critic[1:])]
-                head_w = torch.block_diag(network.policy_head.weight, network.value_head.weight)
-            self.head = (head_w, torch.cat([network.policy_head.bias, network.value_head.bias]))
-            # addmm wants (in, out) matrices; transpose once here, not per step.
-            self.layers = [(w.t().contiguous(), b) for w, b in self.layers]
-            self.head = (self.head[0].t().contiguous(), self.head[1])
+                # Both first layers read the observation: stack them; later layers are block-diagonal.
+                first_a, first_c = actor[0], critic[0]
+                layers = [(torch.cat([first_a.weight, first_c.weight]), torch.cat([first_a.bias, first_c.bias]))]
+                layers += [(torch.block_diag(a.weight, c.weight), torch.cat([a.bias, c.bias]))
+                           for a, c in zip(actor[1:], critic[1:])]
+                head_w = torch.block_diag(policy.weight, value.weight)
+            # Copies (a snapshot must not follow the parameters), with the weights as contiguous
+            # (in, out) matrices for addmm: transposed once here, not per step.
+            self.layers = [(_snapshot(w.t()), _snapshot(b)) for w, b in layers]
+            self.head = (_snapshot(head_w.t()), torch.cat([policy.bias, value.bias]))
 
     def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``obs`` ``(B, *obs_shape)`` -> (logits or mean ``(B, n)``, value ``(B,)``)."""
@@ -258,6 +258,11 @@ class FusedMLPPolicy:
     def value(self, obs: Tensor) -> Tensor:
         """``(B,)`` state values V(s)."""
         return self(obs)[1]
+
+
+def _snapshot(t: Tensor) -> Tensor:
+    """A contiguous copy of ``t`` that shares no memory with it."""
+    return t.clone(memory_format=torch.contiguous_format)
 
 
 def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
