@@ -78,7 +78,8 @@ class MultiCategorical:
 
     def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
         """``(B,)`` summed log-probabilities of ``actions`` ``(B, k)``."""
-        return self.log_prob_entropy(logits, actions)[0]
+        return torch.stack([self._cat.log_prob(lg, actions[..., i])
+                            for i, lg in enumerate(self._split(logits))]).sum(0)
 
     def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
         """``(B,)`` summed log-probabilities and ``(B,)`` summed entropies."""
