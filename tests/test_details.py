@@ -275,6 +275,7 @@ def test_multidiscrete_log_probs_are_summed_over_components_and_ppo_learns():
     ref_ent = sum(TorchCategorical(logits=p).entropy() for p in parts)
     torch.testing.assert_close(logp, ref_logp)
     torch.testing.assert_close(ent, ref_ent)
+    torch.testing.assert_close(net.dist.log_prob(logits, actions), ref_logp)  # the eval path
     gym.register("TwoKnobs-v0", entry_point=TwoKnobs, max_episode_steps=10)
     try:
         cfg = compose_cfg(["env.id=TwoKnobs-v0", "env.vectorization=sync", "logger=none", "progress=false",
