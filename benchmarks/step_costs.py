@@ -2,8 +2,9 @@
 
 Prints, for the CartPole benchmark network (separate 64-64 tanh actor and critic, 2 actions):
 
-* rollout: one policy step for 4 envs through ``ActorCritic.act`` and through the fused
-  snapshot the collector uses (``ActorCritic.inference_policy``);
+* rollout: one policy step for 4 envs through the fused numpy snapshot the collector uses
+  (``ActorCritic.inference_policy().act``: forward, sampling, log-prob), and, for reference,
+  the network's eager torch forward alone (no sampling);
 * update: one minibatch of 128 samples, cumulatively: forward (``evaluate_actions``), + PPO loss
   terms, + backward, + gradient clip and Adam (``FlatAdam``), i.e. the trainer's inner loop;
 * single ops on a ``(128, 64)`` float32 activation: ``torch.tanh``, ``torch.sigmoid``,
@@ -66,10 +67,13 @@ def measure(iters: int, seed: int = 0) -> dict[str, float]:
     out: dict[str, float] = {}
 
     step_obs = torch.randn(4, 4)
+    step_obs_np, rng = step_obs.numpy(), np.random.default_rng(seed)
+    policy = net.inference_policy()
+    out["rollout step: fused numpy snapshot .act (4 envs)"] = per_call_us(
+        lambda: policy.act(step_obs_np, rng), iters * 10)
     with torch.inference_mode():
-        policy = net.inference_policy()
-        out["rollout step: ActorCritic.act (4 envs)"] = per_call_us(lambda: net.act(step_obs), iters * 10)
-        out["rollout step: fused snapshot .act (4 envs)"] = per_call_us(lambda: policy.act(step_obs), iters * 10)
+        out["rollout step: torch forward only, for reference (4 envs)"] = per_call_us(
+            lambda: net(step_obs), iters * 10)
 
     b = 128
     obs, actions = torch.randn(b, 4), torch.randint(0, 2, (b,))

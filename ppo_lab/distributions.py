@@ -1,10 +1,18 @@
-"""Action distributions as stateless math on tensors, without building ``torch.distributions``
-objects on the hot path.
+"""Action distributions as stateless math, without building ``torch.distributions`` objects.
 
-Building a ``torch.distributions.Categorical`` per env step costs more than the tiny policy
-network itself (it validates arguments and normalizes logits). These classes hold no tensors:
-they are created once per run and take the distribution parameters per call. Their results
-match ``torch.distributions.Categorical`` / ``Normal`` (pinned by ``tests/test_distributions.py``).
+Each distribution speaks two array languages, one per phase of PPO:
+
+* **acting** (rollouts and evaluation) is numpy: ``sample``, ``mode`` and ``log_prob`` take the
+  numpy outputs of the rollout policy (``networks.InferencePolicy``) and a
+  ``numpy.random.Generator``. On the tiny networks of classic control and MuJoCo, a numpy
+  policy step costs less than half of an eager torch one (issue #8: "a numpy forward of the
+  policy during rollout").
+* **training** is torch: ``log_prob_entropy`` re-scores the stored actions under the parameters
+  being optimized, with autograd.
+
+Both compute the same quantities (pinned against ``torch.distributions`` in
+``tests/test_distributions.py``), so the log-probabilities stored during the rollout and the
+ones recomputed in the first minibatch agree to float32 rounding (ratio 1).
 
 Shapes: ``B`` is the batch, ``n`` the number of discrete actions, ``d`` the action dimension.
 """
@@ -13,6 +21,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -22,31 +31,39 @@ _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 class Categorical:
     """Categorical distribution over ``n`` actions, parameterized by unnormalized logits ``(B, n)``."""
 
-    def sample_and_log_prob(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Draw one action per row and return it with its log-probability, sharing one
-        log-softmax (the rollout's hot path).
+    def sample(self, logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Draw one action per row; return it with its log-probability (the rollout's hot path).
+
+        Exponential race (Gumbel-max in disguise): ``argmax_i p_i / E_i`` with
+        ``E_i ~ Exp(1)`` picks ``i`` with probability ``p_i``; the probabilities need not be
+        normalized for the argmax, so one ``exp`` serves the draw and the log-probability.
+
+        Args:
+            logits: ``(B, n)`` float32.
+            rng: the generator the draws come from.
 
         Returns:
-            ``(B,)`` int64 actions and their ``(B,)`` log pi(a|s).
+            ``(B,)`` int64 actions and their ``(B,)`` float32 log pi(a|s).
         """
-        logp = torch.log_softmax(logits, dim=-1)
-        # Exponential race (Gumbel-max in disguise): argmax_i p_i / E_i with E_i ~ Exp(1) picks i
-        # with probability p_i. It is torch.multinomial's own single-sample algorithm (same
-        # draws for the same seed) at half its call overhead on small batches.
-        action = (logp.exp() / torch.empty_like(logp).exponential_()).argmax(dim=-1, keepdim=True)
-        return action.squeeze(-1), logp.gather(-1, action).squeeze(-1)
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        weights = np.exp(shifted)
+        action = (weights / rng.standard_exponential(weights.shape, dtype=np.float32)).argmax(axis=-1)
+        log_norm = np.log(weights.sum(axis=-1))
+        return action, shifted[np.arange(len(action)), action] - log_norm
 
-    def mode(self, logits: Tensor) -> Tensor:
-        """``(B,)`` most likely action (used for deterministic evaluation)."""
-        return logits.argmax(dim=-1)
+    def mode(self, logits: np.ndarray) -> np.ndarray:
+        """``(B,)`` most likely action (deterministic evaluation)."""
+        return logits.argmax(axis=-1)
 
-    def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
-        """``(B,)`` log pi(a|s) of ``actions`` ``(B,)``."""
-        logp = torch.log_softmax(logits, dim=-1)
-        return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+    def log_prob(self, logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """``(B,)`` log pi(a|s) of ``actions`` ``(B,)`` (numpy)."""
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        log_norm = np.log(np.exp(shifted).sum(axis=-1))
+        return shifted[np.arange(len(actions)), actions.astype(np.int64)] - log_norm
 
     def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B,)`` log-probabilities of ``actions`` and ``(B,)`` entropies, sharing one log-softmax."""
+        """Training: ``(B,)`` log-probabilities of ``actions`` ``(B,)`` and ``(B,)`` entropies
+        under ``logits`` ``(B, n)`` (torch, differentiable), sharing one log-softmax."""
         logp = torch.log_softmax(logits, dim=-1)
         entropy = -(logp.exp() * logp).sum(dim=-1)
         return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
@@ -62,29 +79,31 @@ class MultiCategorical:
 
     def __init__(self, nvec: list[int]) -> None:
         self.nvec = [int(n) for n in nvec]
+        self._bounds = np.cumsum(self.nvec)[:-1]
         self._cat = Categorical()
 
-    def _split(self, logits: Tensor) -> tuple[Tensor, ...]:
-        return torch.split(logits, self.nvec, dim=-1)
+    def _split(self, logits: np.ndarray) -> list[np.ndarray]:
+        return np.split(logits, self._bounds, axis=-1)
 
-    def sample_and_log_prob(self, logits: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, k)`` int64 actions and their ``(B,)`` summed log-probabilities."""
-        parts = [self._cat.sample_and_log_prob(lg) for lg in self._split(logits)]
-        return torch.stack([p[0] for p in parts], dim=-1), torch.stack([p[1] for p in parts]).sum(0)
+    def sample(self, logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, k)`` int64 actions and their ``(B,)`` summed log-probabilities, from logits
+        ``(B, sum(nvec))``."""
+        parts = [self._cat.sample(lg, rng) for lg in self._split(logits)]
+        return np.stack([a for a, _ in parts], axis=-1), np.sum([lp for _, lp in parts], axis=0)
 
-    def mode(self, logits: Tensor) -> Tensor:
+    def mode(self, logits: np.ndarray) -> np.ndarray:
         """``(B, k)`` most likely choice of each component."""
-        return torch.stack([lg.argmax(dim=-1) for lg in self._split(logits)], dim=-1)
+        return np.stack([lg.argmax(axis=-1) for lg in self._split(logits)], axis=-1)
 
-    def log_prob(self, logits: Tensor, actions: Tensor) -> Tensor:
-        """``(B,)`` summed log-probabilities of ``actions`` ``(B, k)``."""
-        return torch.stack([self._cat.log_prob(lg, actions[..., i])
-                            for i, lg in enumerate(self._split(logits))]).sum(0)
+    def log_prob(self, logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """``(B,)`` summed log-probabilities of ``actions`` ``(B, k)`` (numpy)."""
+        return np.sum([self._cat.log_prob(lg, actions[:, i]) for i, lg in enumerate(self._split(logits))],
+                      axis=0)
 
     def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B,)`` summed log-probabilities and ``(B,)`` summed entropies."""
+        """Training: ``(B,)`` summed log-probabilities and ``(B,)`` summed entropies (torch)."""
         parts = [self._cat.log_prob_entropy(lg, actions[..., i])
-                 for i, lg in enumerate(self._split(logits))]
+                 for i, lg in enumerate(torch.split(logits, self.nvec, dim=-1))]
         return torch.stack([p[0] for p in parts]).sum(0), torch.stack([p[1] for p in parts]).sum(0)
 
 
@@ -96,28 +115,30 @@ class DiagGaussian:
     unclipped: clipping to the action bounds happens only when stepping the env.
     """
 
-    def sample_and_log_prob(self, mean: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
-        """``(B, d)`` sample and its ``(B,)`` log-density; with ``a = mean + std * eps`` the
-        standardized residual is ``eps`` itself, so no division is needed."""
-        eps = torch.randn_like(mean)
-        action = mean + log_std.exp() * eps
-        return action, (-0.5 * eps.square() - log_std - _LOG_SQRT_2PI).sum(dim=-1)
+    def sample(
+        self, mean: np.ndarray, log_std: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, d)`` float32 sample and its ``(B,)`` log-density; with ``a = mean + std * eps``
+        the standardized residual is ``eps`` itself, so no division is needed."""
+        eps = rng.standard_normal(mean.shape, dtype=np.float32)
+        action = mean + np.exp(log_std) * eps
+        return action, (-0.5 * eps * eps - log_std - _LOG_SQRT_2PI).sum(axis=-1)
 
-    def mode(self, mean: Tensor) -> Tensor:
+    def mode(self, mean: np.ndarray) -> np.ndarray:
         """``(B, d)`` the mean action (deterministic evaluation)."""
         return mean
 
-    def log_prob(self, mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
-        """``(B,)`` log-density of ``actions`` ``(B, d)``, summed over dimensions."""
-        z = (actions - mean) * torch.exp(-log_std)
-        return (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(dim=-1)
-
-    def entropy(self, mean: Tensor, log_std: Tensor) -> Tensor:
-        """``(B,)`` entropy, summed over dimensions: ``sum(0.5 + log(sqrt(2 pi)) + log_std)``."""
-        return (0.5 + _LOG_SQRT_2PI + log_std).sum(dim=-1).expand(mean.shape[0])
+    def log_prob(self, mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        """``(B,)`` log-density of ``actions`` ``(B, d)``, summed over dimensions (numpy)."""
+        z = (actions - mean) * np.exp(-log_std)
+        return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(axis=-1)
 
     def log_prob_entropy(
         self, mean: Tensor, log_std: Tensor, actions: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """``(B,)`` log-densities of ``actions`` and ``(B,)`` entropies."""
-        return self.log_prob(mean, log_std, actions), self.entropy(mean, log_std)
+        """Training: ``(B,)`` log-densities of ``actions`` ``(B, d)`` and ``(B,)`` entropies
+        ``sum(0.5 + log(sqrt(2 pi)) + log_std)`` (torch, differentiable)."""
+        z = (actions - mean) * torch.exp(-log_std)
+        logp = (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(dim=-1)
+        entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum(dim=-1).expand(mean.shape[0])
+        return logp, entropy

@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import torch
 
 from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.config import EnvConfig, EvaluateConfig, to_typed, validate_evaluate
 from ppo_lab.envs import completed_episodes, load_normalization_state, make_vec_env, normalization_from_tensors
 from ppo_lab.networks import ActorCritic
-from ppo_lab.rollout import obs_to_tensor
 
 
-@torch.inference_mode()
 def evaluate_policy(
     network: ActorCritic,
     env_cfg: EnvConfig,
@@ -25,7 +22,6 @@ def evaluate_policy(
     seed: int,
     deterministic: bool = True,
     normalization: Optional[dict[str, Any]] = None,
-    device: torch.device | str = "cpu",
     max_steps: int = 1_000_000,
     video_dir: Optional[str] = None,
 ) -> list[tuple[float, int]]:
@@ -39,7 +35,6 @@ def evaluate_policy(
         deterministic: mode / mean action (True) or sampled actions (False).
         normalization: saved normalization statistics (``envs.normalization_state``), loaded
             frozen into the eval env.
-        device: device of ``network``.
         max_steps: safety cap on vector steps.
         video_dir: record the first episode there (gymnasium ``RecordVideo``).
 
@@ -62,9 +57,10 @@ def evaluate_policy(
         was_training = network.training
         network.eval()
         policy = network.inference_policy()
+        rng = np.random.default_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
         for _ in range(max_steps):
-            action, _, _ = policy.act(obs_to_tensor(obs, device), deterministic)
-            obs, _, _, _, infos = envs.step(action.cpu().numpy())
+            action, _, _ = policy.act(obs, rng, deterministic)
+            obs, _, _, _, infos = envs.step(action)
             for i, ret, length in completed_episodes(infos):
                 if results[i] is None:
                     results[i] = (ret, length)
@@ -111,7 +107,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     for seed in cfg.eval_seeds:
         video_dir = str(out_dir / "videos" / f"seed_{seed}") if cfg.video else None
         results = evaluate_policy(network, train_cfg.env, cfg.eval_episodes, seed, cfg.deterministic,
-                                  norm, device, video_dir=video_dir)
+                                  norm, video_dir=video_dir)
         episodes += [{"seed": seed + k, "return": r, "length": n} for k, (r, n) in enumerate(results)]
     returns = np.array([e["return"] for e in episodes])
     summary = {

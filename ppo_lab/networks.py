@@ -157,43 +157,16 @@ class ActorCritic(nn.Module):
         """``(d,)`` log std clamped to [LOG_STD_MIN, LOG_STD_MAX] (continuous only)."""
         return self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Choose actions for a batch of observations.
+    def inference_policy(self) -> "InferencePolicy":
+        """This network as a numpy-in, numpy-out policy for acting with frozen weights (rollouts
+        and evaluation): a :class:`FusedMLPPolicy` snapshot for MLPs, a :class:`NetworkPolicy`
+        (torch forward on the network's device) for CNNs.
 
-        Args:
-            obs: ``(B, *obs_shape)``.
-            deterministic: take the mode (argmax / mean) instead of sampling.
-
-        Returns:
-            actions ``(B,)`` int64 (``(B, k)`` for MultiDiscrete) or ``(B, d)`` float (unclipped),
-            their log-probs ``(B,)``, values ``(B,)``.
-        """
-        return self.act_from(*self(obs), deterministic)
-
-    def act_from(
-        self, params: Tensor, value: Tensor, deterministic: bool = False
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """:meth:`act` from the heads' outputs: logits ``(B, n)`` or mean ``(B, d)``, and value ``(B,)``."""
-        if self.continuous:
-            log_std = self.clamped_log_std()
-            if deterministic:
-                action = self.dist.mode(params)
-                return action, self.dist.log_prob(params, log_std, action), value
-            return (*self.dist.sample_and_log_prob(params, log_std), value)
-        if deterministic:
-            action = self.dist.mode(params)
-            return action, self.dist.log_prob(params, action), value
-        return (*self.dist.sample_and_log_prob(params), value)
-
-    def inference_policy(self) -> "ActorCritic | FusedMLPPolicy":
-        """The fastest equivalent of this network for acting with frozen weights (rollouts and
-        evaluation): a :class:`FusedMLPPolicy` snapshot for MLPs, the network itself for CNNs.
-
-        Take a new one after every parameter update; a snapshot does not follow the weights.
+        Take a new one after every parameter update: the MLP snapshot does not follow the weights.
         """
         if isinstance(self.actor_trunk, MLP):
             return FusedMLPPolicy(self)
-        return self
+        return NetworkPolicy(self)
 
     def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under the current policy."""
@@ -205,26 +178,82 @@ class ActorCritic(nn.Module):
         return logp, ent, value
 
 
-class FusedMLPPolicy:
-    """Inference-only snapshot of an MLP :class:`ActorCritic` with actor and critic fused into
-    one chain of matmuls (issue #8: one fused actor+critic forward per env step).
+def obs_to_tensor(obs: np.ndarray, device: torch.device | str) -> Tensor:
+    """A batch of env observations as the network's input: uint8 pixels stay uint8, anything
+    else becomes float32 (MuJoCo v5 returns float64)."""
+    obs = np.asarray(obs)
+    dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
+    return torch.as_tensor(obs, dtype=dtype, device=device)
+
+
+class InferencePolicy:
+    """Acting with frozen weights, numpy in and numpy out: what rollouts and evaluation call.
+
+    The env speaks numpy, so the rollout does too (issue #8): observations go in as the env
+    returned them, actions come out ready for ``envs.step``, and the rollout buffer is filled
+    without per-step tensor traffic. Subclasses give the forward pass (:meth:`__call__`);
+    sampling is the network's distribution (``ppo_lab.distributions``), drawn from the
+    ``numpy.random.Generator`` passed in, so a run is reproducible from its seed and a resumed
+    run continues the same draws (the collector checkpoints its generator).
+
+    Args:
+        network: the :class:`ActorCritic` to act for; its log std (continuous actions) is copied.
+    """
+
+    def __init__(self, network: ActorCritic) -> None:
+        self.dist = network.dist
+        self.continuous = network.continuous
+        self.log_std = network.clamped_log_std().detach().cpu().numpy().copy() if self.continuous else None
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``obs`` ``(B, *obs_shape)`` -> (float32 logits ``(B, n)`` or mean ``(B, d)``, value ``(B,)``)."""
+        raise NotImplementedError
+
+    def act(
+        self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Choose actions for a batch of observations.
+
+        Args:
+            obs: ``(B, *obs_shape)`` as the env returned them.
+            rng: the generator the sampled actions are drawn from (unused when deterministic).
+            deterministic: take the mode (argmax / mean) instead of sampling.
+
+        Returns:
+            actions ``(B,)`` int64 (``(B, k)`` for MultiDiscrete) or ``(B, d)`` float32
+            (unclipped), their float32 log-probs ``(B,)``, values ``(B,)``.
+        """
+        params, value = self(obs)
+        dist_args = (params, self.log_std) if self.continuous else (params,)
+        if deterministic:
+            action = self.dist.mode(params)
+            return action, self.dist.log_prob(*dist_args, action), value
+        return (*self.dist.sample(*dist_args, rng), value)
+
+    def value(self, obs: np.ndarray) -> np.ndarray:
+        """``(B,)`` float32 state values V(s)."""
+        return self(obs)[1]
+
+
+class FusedMLPPolicy(InferencePolicy):
+    """Numpy snapshot of an MLP :class:`ActorCritic` with actor and critic fused into one chain
+    of matmuls (issue #8: one fused actor+critic forward per env step, in numpy).
 
     The hidden layers of separate actor and critic MLPs become block-diagonal layers of twice the
     width (the first layer stacks both, since both read the observation), and the policy and
     value heads become one head with ``n + 1`` outputs. A shared trunk keeps its layers and only
-    merges the heads. A rollout step thus runs ``len(hidden_sizes) + 1`` ``addmm`` calls instead
-    of ``2 * len(hidden_sizes) + 2``; the zero blocks cost nothing measurable at these widths.
-    Outputs equal the network's up to float rounding (``tests/test_networks.py``), and sampling
-    goes through the network's own distribution (:meth:`ActorCritic.act_from`), so it draws the
-    same random numbers.
+    merges the heads. A rollout step thus runs ``len(hidden_sizes) + 1`` matmuls instead of
+    ``2 * len(hidden_sizes) + 2``; the zero blocks cost nothing measurable at these widths.
+    Outputs equal the network's up to float32 rounding (``tests/test_networks.py``).
 
     Args:
         network: an ActorCritic whose trunks are :class:`MLP` (``kind="mlp"``).
     """
 
     def __init__(self, network: ActorCritic) -> None:
-        self.network = network
-        self.activation = network.actor_trunk.activation
+        super().__init__(network)
+        activation = network.actor_trunk.activation
+        self.activation = np.tanh if activation is torch.tanh else _relu
         actor, critic = network.actor_trunk.layers, network.critic_trunk.layers
         policy, value = network.policy_head, network.value_head
         with torch.no_grad():
@@ -238,31 +267,44 @@ class FusedMLPPolicy:
                 layers += [(torch.block_diag(a.weight, c.weight), torch.cat([a.bias, c.bias]))
                            for a, c in zip(actor[1:], critic[1:])]
                 head_w = torch.block_diag(policy.weight, value.weight)
+            layers.append((head_w, torch.cat([policy.bias, value.bias])))
             # Copies (a snapshot must not follow the parameters), with the weights as contiguous
-            # (in, out) matrices for addmm: transposed once here, not per step.
+            # (in, out) matrices: transposed once here, not per step.
             self.layers = [(_snapshot(w.t()), _snapshot(b)) for w, b in layers]
-            self.head = (_snapshot(head_w.t()), torch.cat([policy.bias, value.bias]))
 
-    def __call__(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """``obs`` ``(B, *obs_shape)`` -> (logits or mean ``(B, n)``, value ``(B,)``)."""
-        x = obs.flatten(1) if obs.dim() > 2 else obs
-        for w, b in self.layers:
-            x = self.activation(torch.addmm(b, x, w))
-        out = torch.addmm(self.head[1], x, self.head[0])
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``obs`` ``(B, *obs_shape)`` -> (logits or mean ``(B, n)``, value ``(B,)``), float32."""
+        x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+        *hidden, (head_w, head_b) = self.layers
+        for w, b in hidden:
+            x = self.activation(x @ w + b)
+        out = x @ head_w + head_b
         return out[:, :-1], out[:, -1]
 
-    def act(self, obs: Tensor, deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """Same contract as :meth:`ActorCritic.act`."""
-        return self.network.act_from(*self(obs), deterministic)
 
-    def value(self, obs: Tensor) -> Tensor:
-        """``(B,)`` state values V(s)."""
-        return self(obs)[1]
+class NetworkPolicy(InferencePolicy):
+    """The network's own torch forward behind the numpy interface (CNNs, where the convolutions
+    dominate and want torch's kernels and the network's device). The forward reads the live
+    weights, but the log std is copied: take a new policy after every update, as for MLPs."""
+
+    def __init__(self, network: ActorCritic) -> None:
+        super().__init__(network)
+        self.network = network
+        self.device = next(network.parameters()).device
+
+    @torch.inference_mode()
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        params, value = self.network(obs_to_tensor(obs, self.device))
+        return params.float().cpu().numpy(), value.float().cpu().numpy()
 
 
-def _snapshot(t: Tensor) -> Tensor:
-    """A contiguous copy of ``t`` that shares no memory with it."""
-    return t.clone(memory_format=torch.contiguous_format)
+def _relu(x: np.ndarray) -> np.ndarray:
+    return np.maximum(x, 0.0)
+
+
+def _snapshot(t: Tensor) -> np.ndarray:
+    """A contiguous float32 numpy copy of ``t`` that shares no memory with it."""
+    return np.array(t.detach().cpu().numpy(), dtype=np.float32, order="C", copy=True)
 
 
 def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
-from torch import Tensor
 
 from ppo_lab.checkpoint import torch_from_numpy
 from ppo_lab.envs import completed_episodes
@@ -29,71 +28,62 @@ from ppo_lab.networks import ActorCritic
 
 @dataclass
 class RolloutBuffer:
-    """One rollout of ``T = num_steps`` vector steps over ``N = num_envs`` envs.
+    """One rollout of ``T = num_steps`` vector steps over ``N = num_envs`` envs, as numpy arrays
+    (the env and the rollout policy speak numpy; the update converts once per rollout).
 
     Attributes:
-        obs: ``(T, N, *obs_shape)`` observation each action was taken in (uint8 for pixels).
+        obs: ``(T, N, *obs_shape)`` observation each action was taken in: uint8 for pixels,
+            float32 otherwise.
         actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete) or ``(T, N, d)`` float32
             (the unclipped sampled actions).
-        logprobs: ``(T, N)`` log pi_old(a|s).
-        values: ``(T, N)`` V_old(s).
-        rewards: ``(T, N)`` float32 numpy, as the (possibly normalized) env returned them.
-        terminated: ``(T, N)`` bool numpy.
-        truncated: ``(T, N)`` bool numpy.
-        valid: ``(T, N)`` bool numpy; False for autoreset steps.
-        next_value: ``(N,)`` V of the observation after the last step.
+        logprobs: ``(T, N)`` float32 log pi_old(a|s).
+        values: ``(T, N)`` float32 V_old(s).
+        rewards: ``(T, N)`` float32, as the (possibly normalized) env returned them.
+        terminated: ``(T, N)`` bool.
+        truncated: ``(T, N)`` bool.
+        valid: ``(T, N)`` bool; False for autoreset steps.
+        next_value: ``(N,)`` float32 V of the observation after the last step.
     """
 
-    obs: Tensor
-    actions: Tensor
-    logprobs: Tensor
-    values: Tensor
+    obs: np.ndarray
+    actions: np.ndarray
+    logprobs: np.ndarray
+    values: np.ndarray
     rewards: np.ndarray
     terminated: np.ndarray
     truncated: np.ndarray
     valid: np.ndarray
-    next_value: Tensor
+    next_value: np.ndarray
 
     @classmethod
-    def allocate(
-        cls, num_steps: int, envs: gym.vector.VectorEnv, device: torch.device
-    ) -> "RolloutBuffer":
+    def allocate(cls, num_steps: int, envs: gym.vector.VectorEnv) -> "RolloutBuffer":
         """Preallocate storage for ``num_steps`` steps of ``envs``."""
         n = envs.num_envs
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
-        obs_dtype = torch.uint8 if obs_space.dtype == np.uint8 else torch.float32
+        obs_dtype = np.uint8 if obs_space.dtype == np.uint8 else np.float32
         if isinstance(act_space, gym.spaces.Box):
-            actions = torch.zeros((num_steps, n, *act_space.shape), dtype=torch.float32, device=device)
+            actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.float32)
         elif isinstance(act_space, gym.spaces.MultiDiscrete):
-            actions = torch.zeros((num_steps, n, *act_space.shape), dtype=torch.long, device=device)
+            actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.int64)
         else:
-            actions = torch.zeros((num_steps, n), dtype=torch.long, device=device)
+            actions = np.zeros((num_steps, n), dtype=np.int64)
         shape = (num_steps, n)
         return cls(
-            obs=torch.zeros((num_steps, n, *obs_space.shape), dtype=obs_dtype, device=device),
+            obs=np.zeros((num_steps, n, *obs_space.shape), dtype=obs_dtype),
             actions=actions,
-            logprobs=torch.zeros(shape, device=device),
-            values=torch.zeros(shape, device=device),
+            logprobs=np.zeros(shape, dtype=np.float32),
+            values=np.zeros(shape, dtype=np.float32),
             rewards=np.zeros(shape, dtype=np.float32),
             terminated=np.zeros(shape, dtype=bool),
             truncated=np.zeros(shape, dtype=bool),
             valid=np.ones(shape, dtype=bool),
-            next_value=torch.zeros(n, device=device),
+            next_value=np.zeros(n, dtype=np.float32),
         )
 
     def next_values(self) -> np.ndarray:
         """``(T, N)`` V of the observation each step reached: ``values[t + 1]``, and ``next_value``
         for the last step (with next-step autoreset, the true final observation's value)."""
-        values = torch.cat([self.values[1:], self.next_value.unsqueeze(0)])
-        return values.cpu().numpy()
-
-
-def obs_to_tensor(obs: np.ndarray, device: torch.device | str) -> Tensor:
-    """A batch of env observations as the network's input: uint8 pixels stay uint8, anything
-    else becomes float32 (MuJoCo v5 returns float64)."""
-    obs = np.asarray(obs)
-    dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
-    return torch.as_tensor(obs, dtype=dtype, device=device)
+        return np.concatenate([self.values[1:], self.next_value[None]])
 
 
 class RolloutCollector:
@@ -102,39 +92,39 @@ class RolloutCollector:
     Args:
         envs: the vector env (next-step autoreset).
         num_steps: vector steps per rollout.
-        device: where the network lives.
-        seed: seed of the first ``envs.reset`` (env i gets ``seed + i``).
+        seed: seed of the first ``envs.reset`` (env i gets ``seed + i``) and of the generator
+            the actions are sampled from.
     """
 
-    def __init__(
-        self, envs: gym.vector.VectorEnv, num_steps: int, device: torch.device, seed: int
-    ) -> None:
+    def __init__(self, envs: gym.vector.VectorEnv, num_steps: int, seed: int) -> None:
         self.envs = envs
-        self.device = device
-        self.buffer = RolloutBuffer.allocate(num_steps, envs, device)
+        self.buffer = RolloutBuffer.allocate(num_steps, envs)
         self.reset(seed)
         #: Seconds spent inside ``envs.step`` (cumulative), for the time breakdown.
         self.env_seconds = 0.0
 
     def reset(self, seed: int) -> None:
-        """Reset every env (env i with ``seed + i``) and start new episodes."""
+        """Reset every env (env i with ``seed + i``), re-seed the action sampler, start new episodes."""
         self.next_obs, _ = self.envs.reset(seed=seed)
         self.envs.action_space.seed(seed)
+        self.rng = np.random.default_rng(seed)
         self.prev_done = np.zeros(self.envs.num_envs, dtype=bool)
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """The observation to act on next and which envs are due for an autoreset step."""
+    def state_dict(self) -> dict[str, Any]:
+        """The observation to act on next, which envs are due for an autoreset step, and the
+        action sampler's generator state (plain ints: it loads with ``weights_only=True``)."""
         return {
             "next_obs": torch_from_numpy(np.asarray(self.next_obs)),
             "prev_done": torch_from_numpy(self.prev_done),
+            "rng": self.rng.bit_generator.state,
         }
 
-    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (the env itself must be restored to match)."""
         self.next_obs = state["next_obs"].numpy().copy()
         self.prev_done = state["prev_done"].numpy().copy()
+        self.rng.bit_generator.state = state["rng"]
 
-    @torch.inference_mode()
     def collect(self, network: ActorCritic) -> tuple[RolloutBuffer, list[tuple[float, int]]]:
         """Run ``num_steps`` vector steps.
 
@@ -143,20 +133,14 @@ class RolloutCollector:
             of every episode that ended during the rollout.
         """
         buf, episodes = self.buffer, []
-        policy = network.inference_policy()  # fused actor+critic snapshot of this rollout's weights
-        # Per-step outputs are gathered in lists and stacked once per rollout: one indexed tensor
-        # write costs about as much as the whole policy forward of a classic-control step.
-        actions, logprobs, values = [], [], []
+        policy = network.inference_policy()  # fused numpy snapshot of this rollout's weights (MLP)
         for t in range(buf.obs.shape[0]):
-            obs = buf.obs[t]
-            obs.copy_(torch.from_numpy(np.asarray(self.next_obs)))
-            action, logprob, value = policy.act(obs)
-            actions.append(action)
-            logprobs.append(logprob)
-            values.append(value)
+            buf.obs[t] = self.next_obs
+            action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng)
+            buf.actions[t] = action
             buf.valid[t] = ~self.prev_done
             tic = time.perf_counter()
-            self.next_obs, reward, terminated, truncated, infos = self.envs.step(action.cpu().numpy())
+            self.next_obs, reward, terminated, truncated, infos = self.envs.step(action)
             self.env_seconds += time.perf_counter() - tic
             buf.rewards[t] = reward
             buf.terminated[t] = terminated
@@ -164,8 +148,5 @@ class RolloutCollector:
             self.prev_done = terminated | truncated
             if infos:
                 episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
-        buf.actions.copy_(torch.stack(actions))  # copy_, not out=: a shape mismatch must raise
-        buf.logprobs.copy_(torch.stack(logprobs))
-        buf.values.copy_(torch.stack(values))
-        buf.next_value.copy_(policy.value(obs_to_tensor(self.next_obs, self.device)))
+        buf.next_value[:] = policy.value(self.next_obs)
         return buf, episodes

@@ -108,7 +108,7 @@ class Trainer:
         self.recent_returns: deque[float] = deque(maxlen=20)
         self._stop_signal: Optional[int] = None
         self.timing = {"rollout": 0.0, "update": 0.0, "log": 0.0}
-        self.collector = RolloutCollector(envs, a.num_steps, device, cfg.seed)
+        self.collector = RolloutCollector(envs, a.num_steps, cfg.seed)
         self.diagnostics = Diagnostics(kl_reference=a.target_kl or a.kl_target,
                                        max_entropy=max_entropy(envs.single_action_space))
         if resume_state is not None:
@@ -143,7 +143,7 @@ class Trainer:
                 # 3. Advantages: GAE with bootstrap on truncation (detail 5).
                 tic = time.perf_counter()
                 advantages, returns = compute_gae(
-                    buf.rewards, buf.values.cpu().numpy(), buf.next_values(),
+                    buf.rewards, buf.values, buf.next_values(),
                     buf.terminated, buf.truncated, a.gamma, a.gae_lambda,
                 )
                 # 4. Update: epochs of shuffled minibatches (details 6-11).
@@ -200,11 +200,13 @@ class Trainer:
         ``target_kl``.
         """
         a, dev = self.cfg.agent, self.device
-        obs = buf.obs.flatten(0, 1)
-        actions = buf.actions.flatten(0, 1)
-        old_logprobs, old_values = buf.logprobs.flatten(), buf.values.flatten()
-        b_adv = torch.from_numpy(advantages.reshape(-1)).to(dev)
-        b_ret = torch.from_numpy(returns.reshape(-1)).to(dev)
+
+        def batch(array: np.ndarray) -> Tensor:  # (T, N, ...) numpy -> (T * N, ...) on the device, once per rollout
+            return torch.from_numpy(array.reshape(-1, *array.shape[2:])).to(dev)
+
+        obs, actions = batch(buf.obs), batch(buf.actions)
+        old_logprobs, old_values = batch(buf.logprobs), batch(buf.values)
+        b_adv, b_ret = batch(advantages), batch(returns)
         valid = torch.from_numpy(np.flatnonzero(buf.valid.reshape(-1))).to(dev)
         kl_beta = self.kl_beta if a.loss is LossType.kl_penalty else None
 
@@ -298,7 +300,7 @@ class Trainer:
         """Run ``eval_episodes`` episodes with frozen normalization; log ``eval/...``; keep ``best.pt``."""
         results = evaluate_policy(
             self.network, self.cfg.env, self.cfg.eval_episodes, self.cfg.eval_seed,
-            self.cfg.eval_deterministic, normalization_state(self.envs), self.device,
+            self.cfg.eval_deterministic, normalization_state(self.envs),
         )
         returns = np.array([r for r, _ in results])
         metrics = {

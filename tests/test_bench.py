@@ -61,5 +61,5 @@ def test_step_costs_script_prints_every_piece():
     rows = [line for line in proc.stdout.splitlines() if line.startswith("| ") and "µs" not in line]
     names = {line.split(" | ")[0][2:] for line in rows}
     assert {"minibatch 128: forward", "minibatch 128: + clip and Adam (full step)",
-            "rollout step: fused snapshot .act (4 envs)", "op (128, 64): torch.tanh"} <= names
+            "rollout step: fused numpy snapshot .act (4 envs)", "op (128, 64): torch.tanh"} <= names
     assert all(float(line.rstrip(" |").split(" | ")[-1]) > 0 for line in rows)

@@ -1,36 +1,58 @@
-"""The allocation-free distributions match torch.distributions."""
+"""The allocation-free distributions match torch.distributions: the numpy acting side (sample,
+mode, log_prob) and the torch training side (log_prob_entropy)."""
 
+import numpy as np
 import torch
 from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Normal
 
-from ppo_lab.distributions import Categorical, DiagGaussian
+from ppo_lab.distributions import Categorical, DiagGaussian, MultiCategorical
 
 
 def test_categorical_log_prob_and_entropy_match_torch():
     torch.manual_seed(0)
-    logits = torch.randn(64, 5)
+    logits = torch.randn(64, 5) * 3
     actions = torch.randint(0, 5, (64,))
     ref = TorchCategorical(logits=logits)
     logp, ent = Categorical().log_prob_entropy(logits, actions)
     torch.testing.assert_close(logp, ref.log_prob(actions))
     torch.testing.assert_close(ent, ref.entropy())
-    torch.testing.assert_close(Categorical().log_prob(logits, actions), ref.log_prob(actions))
+    np_logp = Categorical().log_prob(logits.numpy(), actions.numpy())
+    np.testing.assert_allclose(np_logp, ref.log_prob(actions).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_categorical_sampling_frequencies_and_log_prob_of_the_sample():
-    torch.manual_seed(0)
-    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]])).expand(40_000, 3)
-    actions, logp = Categorical().sample_and_log_prob(logits)
-    counts = torch.bincount(actions, minlength=3).float() / 40_000
-    torch.testing.assert_close(counts, torch.tensor([0.1, 0.6, 0.3]), atol=0.01, rtol=0)
-    torch.testing.assert_close(logp, TorchCategorical(logits=logits).log_prob(actions))
+    logits = np.log(np.array([[0.1, 0.6, 0.3]], np.float32)).repeat(40_000, axis=0) + 5.0  # unnormalized
+    actions, logp = Categorical().sample(logits, np.random.default_rng(0))
+    assert actions.shape == (40_000,) and logp.dtype == np.float32
+    np.testing.assert_allclose(np.bincount(actions, minlength=3) / 40_000, [0.1, 0.6, 0.3], atol=0.01)
+    np.testing.assert_allclose(logp, np.log([0.1, 0.6, 0.3])[actions], rtol=1e-5)
     assert Categorical().mode(logits[:1]).item() == 1
-    # The exponential race is torch.multinomial's own single-sample algorithm: same draws.
-    torch.manual_seed(3)
-    ours, _ = Categorical().sample_and_log_prob(logits[:500])
-    torch.manual_seed(3)
-    torch.testing.assert_close(ours, torch.multinomial(torch.softmax(logits[:500], -1), 1).squeeze(-1))
+    # Reproducible from the generator's seed, different for another seed.
+    again, _ = Categorical().sample(logits[:500], np.random.default_rng(0))
+    np.testing.assert_array_equal(again, actions[:500])
+    other, _ = Categorical().sample(logits[:500], np.random.default_rng(1))
+    assert (other != actions[:500]).any()
+
+
+def test_categorical_sampling_never_picks_an_impossible_action():
+    logits = np.array([[0.0, -1e9, 3.0]], np.float32).repeat(5000, axis=0)
+    actions, logp = Categorical().sample(logits, np.random.default_rng(0))
+    assert not (actions == 1).any() and np.isfinite(logp).all()
+
+
+def test_multicategorical_sums_its_components():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(6, 5)).astype(np.float32)  # components of 3 and 2 choices
+    dist = MultiCategorical([3, 2])
+    actions, logp = dist.sample(logits, rng)
+    assert actions.shape == (6, 2) and (actions[:, 0] < 3).all() and (actions[:, 1] < 2).all()
+    t = torch.from_numpy(logits)
+    ref = (TorchCategorical(logits=t[:, :3]).log_prob(torch.from_numpy(actions[:, 0]))
+           + TorchCategorical(logits=t[:, 3:]).log_prob(torch.from_numpy(actions[:, 1])))
+    np.testing.assert_allclose(logp, ref.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(dist.log_prob(logits, actions), ref.numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(dist.mode(logits), np.stack([logits[:, :3].argmax(1), logits[:, 3:].argmax(1)], 1))
 
 
 def test_gaussian_log_prob_and_entropy_match_torch():
@@ -41,14 +63,17 @@ def test_gaussian_log_prob_and_entropy_match_torch():
     logp, ent = DiagGaussian().log_prob_entropy(mean, log_std, actions)
     torch.testing.assert_close(logp, ref.log_prob(actions).sum(-1))
     torch.testing.assert_close(ent, ref.entropy().sum(-1))
+    np_logp = DiagGaussian().log_prob(mean.numpy(), log_std.numpy(), actions.numpy())
+    np.testing.assert_allclose(np_logp, ref.log_prob(actions).sum(-1).numpy(), rtol=1e-5)
 
 
 def test_gaussian_sample_statistics_log_prob_and_mode():
-    torch.manual_seed(0)
-    mean = torch.tensor([[1.0, -2.0]]).expand(50_000, 2)
-    log_std = torch.log(torch.tensor([0.5, 2.0]))
-    x, logp = DiagGaussian().sample_and_log_prob(mean, log_std)
-    torch.testing.assert_close(x.mean(0), torch.tensor([1.0, -2.0]), atol=0.03, rtol=0)
-    torch.testing.assert_close(x.std(0), torch.tensor([0.5, 2.0]), atol=0.03, rtol=0)
-    torch.testing.assert_close(logp, Normal(mean, log_std.exp()).log_prob(x).sum(-1), rtol=1e-5, atol=1e-5)
-    assert torch.equal(DiagGaussian().mode(mean), mean)
+    mean = np.array([[1.0, -2.0]], np.float32).repeat(50_000, axis=0)
+    log_std = np.log(np.array([0.5, 2.0], np.float32))
+    x, logp = DiagGaussian().sample(mean, log_std, np.random.default_rng(0))
+    assert x.dtype == np.float32 and logp.shape == (50_000,)
+    np.testing.assert_allclose(x.mean(0), [1.0, -2.0], atol=0.03)
+    np.testing.assert_allclose(x.std(0), [0.5, 2.0], atol=0.03)
+    ref = Normal(torch.from_numpy(mean), torch.from_numpy(log_std).exp()).log_prob(torch.from_numpy(x)).sum(-1)
+    np.testing.assert_allclose(logp, ref.numpy(), rtol=1e-5, atol=1e-5)
+    assert DiagGaussian().mode(mean) is mean

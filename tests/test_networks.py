@@ -54,11 +54,12 @@ def test_shared_trunk_value_loss_reaches_trunk():
 def test_continuous_state_independent_log_std():
     net = ActorCritic(OBS, BOX, ActionType.continuous, log_std_init=-0.5)
     torch.testing.assert_close(net.log_std.detach(), torch.full((2,), -0.5))
-    action, logp, value = net.act(torch.randn(5, 4))
+    policy = net.inference_policy()
+    action, logp, value = policy.act(np.random.randn(5, 4), np.random.default_rng(0))
     assert action.shape == (5, 2) and logp.shape == (5,) and value.shape == (5,)
     mean, _ = net(torch.zeros(1, 4))
-    det, _, _ = net.act(torch.zeros(1, 4), deterministic=True)
-    torch.testing.assert_close(det, mean)
+    det, _, _ = policy.act(np.zeros((1, 4)), np.random.default_rng(0), deterministic=True)
+    np.testing.assert_allclose(det, mean.detach().numpy(), atol=1e-6)
 
 
 def test_action_type_mismatch_is_a_config_error():
@@ -92,8 +93,8 @@ def test_cnn_takes_uint8_frames_and_scales_them():
     (BOX, ActionType.continuous),
 ])
 def test_fused_inference_policy_matches_the_network(shared, space, action_type):
-    """The rollout's fused actor+critic snapshot gives the network's outputs and, from the same
-    torch seed, the same sampled actions and log-probs."""
+    """The rollout's fused numpy actor+critic snapshot gives the network's outputs, and the
+    log-probs it returns for its samples are the ones training recomputes (ratio 1)."""
     from ppo_lab.networks import FusedMLPPolicy
 
     torch.manual_seed(0)
@@ -103,34 +104,60 @@ def test_fused_inference_policy_matches_the_network(shared, space, action_type):
             p.add_(0.1 * torch.randn_like(p))
     policy = net.inference_policy()
     assert isinstance(policy, FusedMLPPolicy)
-    obs = torch.randn(7, 4)
+    obs = np.random.default_rng(0).normal(size=(7, 4))  # float64, as MuJoCo returns
+    t_obs = torch.from_numpy(obs).float()
     with torch.no_grad():
-        params, value = net(obs)
-        fused_params, fused_value = policy(obs)
-        torch.testing.assert_close(fused_params, params)
-        torch.testing.assert_close(fused_value, value)
-        torch.testing.assert_close(policy.value(obs), net.value(obs))
-        for deterministic in (False, True):
-            torch.manual_seed(1)
-            expected = net.act(obs, deterministic)
-            torch.manual_seed(1)
-            got = policy.act(obs, deterministic)
-            for e, g in zip(expected, got):
-                torch.testing.assert_close(g, e)
+        params, value = net(t_obs)
+    fused_params, fused_value = policy(obs)
+    assert fused_params.dtype == np.float32 and fused_value.shape == (7,)
+    np.testing.assert_allclose(fused_params, params.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused_value, value.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(policy.value(obs), value.numpy(), rtol=1e-5, atol=1e-6)
+    for deterministic in (False, True):
+        action, logp, act_value = policy.act(obs, np.random.default_rng(1), deterministic)
+        with torch.no_grad():
+            train_logp, _, _ = net.evaluate_actions(t_obs, torch.from_numpy(action))
+        np.testing.assert_allclose(logp, train_logp.numpy(), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(act_value, value.numpy(), rtol=1e-5, atol=1e-6)
+    mode, _, _ = policy.act(obs, np.random.default_rng(1), deterministic=True)
+    expected_mode = params if action_type is ActionType.continuous else params.argmax(-1)
+    if isinstance(space, gym.spaces.MultiDiscrete):
+        expected_mode = torch.stack([params[:, :3].argmax(-1), params[:, 3:].argmax(-1)], -1)
+    np.testing.assert_allclose(mode, expected_mode.numpy(), atol=1e-6)
 
 
 def test_fused_policy_is_a_snapshot_of_the_weights():
     net = ActorCritic(OBS, DISCRETE, ActionType.discrete)
     policy = net.inference_policy()
-    obs = torch.randn(3, 4)
-    before = policy(obs)[1].clone()
+    obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    before = policy(obs)[1].copy()
     with torch.no_grad():
         net.value_head.bias.add_(1.0)
-    torch.testing.assert_close(policy(obs)[1], before)  # frozen: take a new one per rollout
-    torch.testing.assert_close(net.inference_policy()(obs)[1], before + 1.0)
+    np.testing.assert_allclose(policy(obs)[1], before)  # frozen: take a new one per rollout
+    np.testing.assert_allclose(net.inference_policy()(obs)[1], before + 1.0, rtol=1e-6)
+
+
+def test_relu_mlp_snapshot_matches_the_network():
+    net = ActorCritic(OBS, DISCRETE, ActionType.discrete, activation="relu")
+    obs = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    with torch.no_grad():
+        logits, value = net(torch.from_numpy(obs))
+    fused_logits, fused_value = net.inference_policy()(obs)
+    np.testing.assert_allclose(fused_logits, logits.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fused_value, value.numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_cnn_acts_through_the_network_itself():
+    from ppo_lab.networks import NetworkPolicy
+
     frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     net = ActorCritic(frames, DISCRETE, ActionType.discrete, kind="cnn", hidden_sizes=(512,))
-    assert net.inference_policy() is net
+    policy = net.inference_policy()
+    assert isinstance(policy, NetworkPolicy)
+    obs = np.random.default_rng(0).integers(0, 256, (2, 4, 84, 84), dtype=np.uint8)
+    with torch.no_grad():
+        logits, value = net(torch.from_numpy(obs))
+    got_logits, got_value = policy(obs)
+    np.testing.assert_allclose(got_logits, logits.numpy(), rtol=1e-5, atol=1e-6)
+    action, _, _ = policy.act(obs, np.random.default_rng(0), deterministic=True)
+    np.testing.assert_array_equal(action, logits.argmax(-1).numpy())

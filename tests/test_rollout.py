@@ -31,9 +31,9 @@ class FakeNet:
     def __init__(self, action):
         self.action = action
 
-    def act(self, obs):
+    def act(self, obs, rng):
         n = obs.shape[0]
-        return torch.full((n,), self.action), torch.zeros(n), 10 * obs[:, 0]
+        return np.full(n, self.action), np.zeros(n, np.float32), 10 * obs[:, 0]
 
     def value(self, obs):
         return 10 * obs[:, 0]
@@ -48,10 +48,10 @@ def make_envs():
 
 
 def test_truncation_bootstrap_value_is_the_true_final_observation():
-    collector = RolloutCollector(make_envs(), num_steps=6, device=torch.device("cpu"), seed=0)
+    collector = RolloutCollector(make_envs(), num_steps=6, seed=0)
     buf, _ = collector.collect(FakeNet(action=0))
     # obs per step: 0 1 2 | 3 (final obs, autoreset step) | 0 1
-    np.testing.assert_array_equal(buf.obs[:, 0, 0].numpy(), [0, 1, 2, 3, 0, 1])
+    np.testing.assert_array_equal(buf.obs[:, 0, 0], [0, 1, 2, 3, 0, 1])
     np.testing.assert_array_equal(buf.truncated[:, 0], [0, 0, 1, 0, 0, 0])
     np.testing.assert_array_equal(buf.valid[:, 0], [1, 1, 1, 0, 1, 1])
     # The step that truncated (t=2) reached obs 3 -> bootstrap value 30, not V(reset obs) = 0.
@@ -61,7 +61,7 @@ def test_truncation_bootstrap_value_is_the_true_final_observation():
 
 
 def test_termination_is_recorded_and_the_autoreset_step_carries_into_the_next_rollout():
-    collector = RolloutCollector(make_envs(), num_steps=2, device=torch.device("cpu"), seed=0)
+    collector = RolloutCollector(make_envs(), num_steps=2, seed=0)
     buf, episodes = collector.collect(FakeNet(action=1))
     np.testing.assert_array_equal(buf.terminated[:, 0], [0, 1])
     np.testing.assert_array_equal(buf.valid[:, 0], [1, 1])
@@ -69,7 +69,7 @@ def test_termination_is_recorded_and_the_autoreset_step_carries_into_the_next_ro
     assert buf.next_value[0] == 20.0  # V(final obs 2); ignored by GAE since the step terminated
     buf, _ = collector.collect(FakeNet(action=1))
     # The next rollout opens with the autoreset step (final obs 2, invalid), then obs 0.
-    np.testing.assert_array_equal(buf.obs[:, 0, 0].numpy(), [2, 0])
+    np.testing.assert_array_equal(buf.obs[:, 0, 0], [2, 0])
     np.testing.assert_array_equal(buf.valid[:, 0], [0, 1])
 
 
@@ -81,11 +81,24 @@ def test_each_rollout_acts_with_the_current_weights():
 
     envs = make_envs()
     net = ActorCritic(envs.single_observation_space, envs.single_action_space, ActionType.discrete)
-    collector = RolloutCollector(envs, num_steps=5, device=torch.device("cpu"), seed=0)
+    collector = RolloutCollector(envs, num_steps=5, seed=0)
     for shift in (0.0, 3.0):
         with torch.no_grad():
             net.value_head.bias.fill_(shift)
         buf, _ = collector.collect(net)
         with torch.no_grad():
-            torch.testing.assert_close(buf.values, net.value(buf.obs.flatten(0, 1)).view(5, 1))
+            expected = net.value(torch.from_numpy(buf.obs.reshape(5, 1))).view(5, 1)
+        np.testing.assert_allclose(buf.values, expected.numpy(), rtol=1e-5, atol=1e-5)
         assert abs(float(buf.values.mean()) - shift) < 2.0
+
+
+def test_collector_checkpoints_its_action_sampler():
+    """The generator the actions are drawn from is part of the collector's state, so a resumed
+    run draws what the uninterrupted run would have drawn."""
+    collector = RolloutCollector(make_envs(), num_steps=2, seed=0)
+    state = collector.state_dict()
+    first = collector.rng.random(3)
+    collector.load_state_dict(state)
+    np.testing.assert_array_equal(collector.rng.random(3), first)
+    collector.reset(seed=1)
+    assert not np.array_equal(collector.rng.random(3), first)
