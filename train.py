@@ -43,6 +43,7 @@ def main(cfg: DictConfig) -> Optional[float]:
 
 
 if __name__ == "__main__":
+    import gc
     import sys
 
     from ppo_lab.config import TrainConfig, check_override_keys
@@ -52,3 +53,7 @@ if __name__ == "__main__":
     _guard(check_override_keys, sys.argv[1:], TrainConfig)
     _guard(check_run_dir_args, sys.argv[1:])
     main()
+    # Everything is written and closed by now. Freezing the heap spares the interpreter's exit a
+    # final garbage collection over the ~200k objects torch and Hydra leave behind (~0.3 s of
+    # every run's wall on 2 cores, issue #8); atexit handlers and stream flushes still run.
+    gc.freeze()

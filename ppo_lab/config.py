@@ -222,7 +222,7 @@ class TrainConfig:
     #: Deterministic cuDNN kernels.
     torch_deterministic: bool = True
     #: ``torch.compile`` the network's forward pass, which the update epochs use (MLP rollouts act
-    #: through the eager fused snapshot, ``ActorCritic.inference_policy``; CNN rollouts through the
+    #: through a fused numpy snapshot, ``ActorCritic.inference_policy``; CNN rollouts through the
     #: compiled network). Pays off on long and GPU runs; on CPU the compilation (~10 s or more)
     #: outweighs the gain for short runs of small networks.
     compile: bool = False
