@@ -28,6 +28,16 @@ from torch import Tensor
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
+def action_rng(seed: int) -> np.random.Generator:
+    """The generator a run's actions are drawn from, for a given seed.
+
+    A child of ``SeedSequence(seed)``, so its stream is independent of the envs': gymnasium
+    seeds env i with ``SeedSequence(seed + i)``, and ``default_rng(seed)`` would replay env 0's
+    reset noise as action noise.
+    """
+    return np.random.default_rng(np.random.SeedSequence(seed).spawn(1)[0])
+
+
 class Categorical:
     """Categorical distribution over ``n`` actions, parameterized by unnormalized logits ``(B, n)``."""
 
@@ -47,7 +57,9 @@ class Categorical:
         """
         shifted = logits - logits.max(axis=-1, keepdims=True)
         weights = np.exp(shifted)
-        action = (weights / rng.standard_exponential(weights.shape, dtype=np.float32)).argmax(axis=-1)
+        # float64 draws: a float32 Exp(1) draw is exactly 0 about once in 2**23, and a zero would
+        # pick its action whatever its probability (w / 0 = inf); in float64, once in ~2**53.
+        action = (weights / rng.standard_exponential(weights.shape)).argmax(axis=-1)
         log_norm = np.log(weights.sum(axis=-1))
         return action, shifted[np.arange(len(action)), action] - log_norm
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.config import EnvConfig, EvaluateConfig, to_typed, validate_evaluate
+from ppo_lab.distributions import action_rng
 from ppo_lab.envs import completed_episodes, load_normalization_state, make_vec_env, normalization_from_tensors
 from ppo_lab.networks import ActorCritic
 
@@ -57,7 +58,7 @@ def evaluate_policy(
         was_training = network.training
         network.eval()
         policy = network.inference_policy()
-        rng = np.random.default_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
+        rng = action_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
         for _ in range(max_steps):
             action, _, _ = policy.act(obs, rng, deterministic)
             obs, _, _, _, infos = envs.step(action)

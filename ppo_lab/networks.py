@@ -294,6 +294,8 @@ class NetworkPolicy(InferencePolicy):
 
     @torch.inference_mode()
     def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``obs`` ``(B, *obs_shape)`` (uint8 pixels stay uint8) -> (float32 logits or mean
+        ``(B, n)``, value ``(B,)``), computed on the network's device and copied to the host."""
         params, value = self.network(obs_to_tensor(obs, self.device))
         return params.float().cpu().numpy(), value.float().cpu().numpy()
 

@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from ppo_lab.checkpoint import torch_from_numpy
+from ppo_lab.distributions import action_rng
 from ppo_lab.envs import completed_episodes
 from ppo_lab.networks import ActorCritic
 
@@ -107,7 +108,7 @@ class RolloutCollector:
         """Reset every env (env i with ``seed + i``), re-seed the action sampler, start new episodes."""
         self.next_obs, _ = self.envs.reset(seed=seed)
         self.envs.action_space.seed(seed)
-        self.rng = np.random.default_rng(seed)
+        self.rng = action_rng(seed)
         self.prev_done = np.zeros(self.envs.num_envs, dtype=bool)
 
     def state_dict(self) -> dict[str, Any]:
@@ -123,7 +124,8 @@ class RolloutCollector:
         """Continue from :meth:`state_dict` (the env itself must be restored to match)."""
         self.next_obs = state["next_obs"].numpy().copy()
         self.prev_done = state["prev_done"].numpy().copy()
-        self.rng.bit_generator.state = state["rng"]
+        if "rng" in state:  # checkpoints from before the numpy sampler keep the run-seeded generator
+            self.rng.bit_generator.state = state["rng"]
 
     def collect(self, network: ActorCritic) -> tuple[RolloutBuffer, list[tuple[float, int]]]:
         """Run ``num_steps`` vector steps.

@@ -76,7 +76,8 @@ class Trainer:
         network: the actor-critic.
         loggers: metric sinks (``loggers.Loggers``).
         run_dir: the run's dir; checkpoints go to ``run_dir/checkpoints``.
-        device: where the network and rollout tensors live.
+        device: where the network and the update's tensors live (the rollout buffer is numpy
+            on the host and goes to the device once per update).
         run_config: the resolved config as plain data, stored in every checkpoint.
         resume_state: a loaded checkpoint to continue from (see ``checkpoint.py``).
     """

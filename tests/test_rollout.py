@@ -92,13 +92,18 @@ def test_each_rollout_acts_with_the_current_weights():
         assert abs(float(buf.values.mean()) - shift) < 2.0
 
 
-def test_collector_checkpoints_its_action_sampler():
-    """The generator the actions are drawn from is part of the collector's state, so a resumed
-    run draws what the uninterrupted run would have drawn."""
+def test_collector_checkpoints_its_action_sampler(tmp_path):
+    """The generator the actions are drawn from is part of the collector's state and survives a
+    checkpoint (``torch.load(weights_only=True)``), so a resumed run draws what the uninterrupted
+    run would have drawn. Checkpoints written before it existed still load."""
+    from ppo_lab.checkpoint import load_checkpoint, save_checkpoint
+
     collector = RolloutCollector(make_envs(), num_steps=2, seed=0)
-    state = collector.state_dict()
+    save_checkpoint({"model": {}, "config": {}, "collector": collector.state_dict()}, tmp_path / "c.pt")
     first = collector.rng.random(3)
-    collector.load_state_dict(state)
+    collector.load_state_dict(load_checkpoint(tmp_path / "c.pt")["collector"])
     np.testing.assert_array_equal(collector.rng.random(3), first)
     collector.reset(seed=1)
     assert not np.array_equal(collector.rng.random(3), first)
+    old_format = {k: v for k, v in collector.state_dict().items() if k != "rng"}
+    collector.load_state_dict(old_format)  # keeps its own generator
