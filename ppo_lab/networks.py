@@ -33,7 +33,9 @@ def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) 
 
 class MLP(nn.Module):
     """Hidden layers of an MLP: ``(B, *obs_shape)`` flattened to ``(B, in_dim)`` ->
-    ``(B, hidden_sizes[-1])``, each layer followed by the activation.
+    ``(B, hidden_sizes[-1])``, each layer followed by the activation. Integer observations
+    (a non-image uint8 ``Box``, say) enter as their float32 values, unscaled (as SB3's
+    ``preprocess_obs`` does for non-image boxes); ``env.normalize_obs=true`` scales them.
 
     The forward pass calls ``F.linear`` on the layers' own parameters instead of calling each
     submodule: on the tiny networks of classic control, module-call overhead is a large share of
@@ -51,6 +53,8 @@ class MLP(nn.Module):
 
     def forward(self, obs: Tensor) -> Tensor:
         x = obs.flatten(1) if obs.dim() > 2 else obs
+        if not x.is_floating_point():  # e.g. uint8 RAM or byte features: their values, as float32
+            x = x.float()
         for layer in self.layers:
             x = self.activation(F.linear(x, layer.weight, layer.bias))
         return x
@@ -310,7 +314,9 @@ def _snapshot(t: Tensor) -> np.ndarray:
 
 
 def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
-    """Raise :class:`ConfigError` unless ``action_type`` fits ``action_space``."""
+    """Raise :class:`ConfigError` unless ``action_type`` fits ``action_space``: Discrete or
+    MultiDiscrete with a 1-D ``nvec`` for ``discrete``, a 1-D Box for ``continuous`` (the rollout
+    buffer and the samplers hold actions as ``(B,)``, ``(B, k)`` or ``(B, d)``)."""
     if isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
         actual = ActionType.discrete
     elif isinstance(action_space, gym.spaces.Box):
@@ -319,6 +325,16 @@ def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
         raise ConfigError(
             f"action space {action_space} is not supported; allowed: Discrete or MultiDiscrete "
             "(action=discrete), Box (action=continuous)"
+        )
+    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) != 1:
+        raise ConfigError(
+            f"action space {action_space} has shape {action_space.shape}; allowed: a 1-D Box "
+            "(action=continuous with shape (d,))"
+        )
+    if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim != 1:
+        raise ConfigError(
+            f"action space {action_space} has nvec of shape {action_space.nvec.shape}; allowed: "
+            "Discrete, or MultiDiscrete with a 1-D nvec"
         )
     if actual is not action_type:
         raise ConfigError(

@@ -347,3 +347,35 @@ def test_smoothed_return_is_the_mean_of_the_last_20_episodes_and_elapsed_time_gr
             assert "charts/episodic_return_last20" not in row
     elapsed = [r["time/elapsed_s"] for r in rows]
     assert elapsed[0] > 0 and all(b > a for a, b in zip(elapsed, elapsed[1:]))
+
+
+class ByteSignal(gym.Env):
+    """uint8 features (not an image): reward 1 when the action names which half the byte is in."""
+
+    observation_space = gym.spaces.Box(0, 255, (2,), np.uint8)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._draw(), {}
+
+    def _draw(self):
+        self.byte = int(self.np_random.integers(0, 256))
+        return np.array([self.byte, 255 - self.byte], np.uint8)
+
+    def step(self, action):
+        self.t += 1
+        reward = float(int(action) == int(self.byte >= 128))
+        return self._draw(), reward, False, self.t >= 20, {}
+
+
+def test_an_mlp_trains_on_uint8_feature_observations(tmp_path):
+    gym.register("ByteSignal-v0", entry_point=ByteSignal)
+    try:
+        cfg = compose_cfg(["env.id=ByteSignal-v0", "env.vectorization=sync",
+                           "logger=none", "progress=false", "total_timesteps=8192", "eval_episodes=2"])
+        result = train(cfg, tmp_path)
+    finally:
+        gym.registry.pop("ByteSignal-v0")
+    assert result["eval/episodic_return"] >= 18  # of 20: it reads the byte

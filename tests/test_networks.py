@@ -161,3 +161,25 @@ def test_cnn_acts_through_the_network_itself():
     np.testing.assert_allclose(got_logits, logits.numpy(), rtol=1e-5, atol=1e-6)
     action, _, _ = policy.act(obs, np.random.default_rng(0), deterministic=True)
     np.testing.assert_array_equal(action, logits.argmax(-1).numpy())
+
+
+def test_mlp_reads_integer_observations_as_their_float_values():
+    torch.manual_seed(0)
+    space = gym.spaces.Box(0, 255, (6,), np.uint8)  # byte features (e.g. Atari RAM), not an image
+    net = ActorCritic(space, DISCRETE, ActionType.discrete)
+    obs = torch.tensor([[0, 1, 2, 128, 254, 255], [7, 7, 7, 7, 7, 7]], dtype=torch.uint8)
+    logp, ent, value = net.evaluate_actions(obs, torch.tensor([0, 2]))
+    ref_logp, ref_ent, ref_value = net.evaluate_actions(obs.float(), torch.tensor([0, 2]))
+    torch.testing.assert_close((logp, ent, value), (ref_logp, ref_ent, ref_value))
+    params, np_value = net.inference_policy()(obs.numpy())  # the rollout's numpy path agrees
+    np.testing.assert_allclose(np_value, ref_value.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("space, shown", [
+    (gym.spaces.Box(-1, 1, (2, 3), np.float32), "has shape (2, 3); allowed: a 1-D Box"),
+    (gym.spaces.MultiDiscrete([[2, 3], [4, 5]]), "has nvec of shape (2, 2); allowed: Discrete, or MultiDiscrete"),
+])
+def test_multi_dimensional_action_spaces_are_refused_with_what_is_allowed(space, shown):
+    action_type = ActionType.continuous if isinstance(space, gym.spaces.Box) else ActionType.discrete
+    with pytest.raises(ConfigError, match=shown.replace("(", r"\(").replace(")", r"\)")):
+        ActorCritic(OBS, space, action_type)
