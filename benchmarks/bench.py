@@ -648,11 +648,25 @@ def machine_info() -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             return None
 
-    return {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+    return {"cpu_count": os.cpu_count(), "cpu_model": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "python": platform.python_version(),
             "platform": platform.platform(), "torch": torch.__version__,
             "cuda": torch.cuda.is_available(), "gymnasium": ver("gymnasium"), "mujoco": ver("mujoco"),
             "stable_baselines3": ver("stable-baselines3"),
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _cpu_model() -> Optional[str]:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else ``platform.processor()`` or None.
+    Machines of one kind differ: a slower draw changes every absolute figure, not the ratios."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 # ---------------------------------------------------------------------------- main

@@ -5,6 +5,7 @@ No speed assertions: speed targets live in the benchmark output (docs/benchmarks
 
 import importlib.util
 import json
+from pathlib import Path
 
 from conftest import ROOT, run_script
 
@@ -15,6 +16,10 @@ def test_quick_bench_without_sb3_writes_ppo_lab_rows_and_env_ceiling(tmp_path):
                       cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads(out.read_text())
+    machine = report["machine"]
+    assert machine["cpu_count"] >= 1 and machine["torch"] and "cpu_capability" in machine
+    if Path("/proc/cpuinfo").exists():  # Linux: the model name is recorded (machines of one kind differ)
+        assert machine["cpu_model"]
 
     envs = ["CartPole-v1"] + (["HalfCheetah-v5"] if importlib.util.find_spec("mujoco") else [])
     for env_id in envs:
