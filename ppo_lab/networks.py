@@ -319,22 +319,22 @@ def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
     buffer and the samplers hold actions as ``(B,)``, ``(B, k)`` or ``(B, d)``)."""
     if isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
         actual = ActionType.discrete
+        if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim != 1:
+            raise ConfigError(
+                f"action space {action_space} has nvec of shape {action_space.nvec.shape}; allowed: "
+                "Discrete, or MultiDiscrete with a 1-D nvec"
+            )
     elif isinstance(action_space, gym.spaces.Box):
         actual = ActionType.continuous
+        if len(action_space.shape) != 1:
+            raise ConfigError(
+                f"action space {action_space} has shape {action_space.shape}; allowed: a 1-D Box "
+                "(action=continuous with shape (d,))"
+            )
     else:
         raise ConfigError(
             f"action space {action_space} is not supported; allowed: Discrete or MultiDiscrete "
             "(action=discrete), Box (action=continuous)"
-        )
-    if isinstance(action_space, gym.spaces.Box) and len(action_space.shape) != 1:
-        raise ConfigError(
-            f"action space {action_space} has shape {action_space.shape}; allowed: a 1-D Box "
-            "(action=continuous with shape (d,))"
-        )
-    if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim != 1:
-        raise ConfigError(
-            f"action space {action_space} has nvec of shape {action_space.nvec.shape}; allowed: "
-            "Discrete, or MultiDiscrete with a 1-D nvec"
         )
     if actual is not action_type:
         raise ConfigError(

@@ -1,6 +1,7 @@
 """Network construction: init gains, shared vs separate gradients, space checks."""
 
 import math
+import re
 
 import gymnasium as gym
 import numpy as np
@@ -171,7 +172,7 @@ def test_mlp_reads_integer_observations_as_their_float_values():
     logp, ent, value = net.evaluate_actions(obs, torch.tensor([0, 2]))
     ref_logp, ref_ent, ref_value = net.evaluate_actions(obs.float(), torch.tensor([0, 2]))
     torch.testing.assert_close((logp, ent, value), (ref_logp, ref_ent, ref_value))
-    params, np_value = net.inference_policy()(obs.numpy())  # the rollout's numpy path agrees
+    _, np_value = net.inference_policy()(obs.numpy())  # the rollout's numpy path agrees
     np.testing.assert_allclose(np_value, ref_value.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
@@ -181,5 +182,5 @@ def test_mlp_reads_integer_observations_as_their_float_values():
 ])
 def test_multi_dimensional_action_spaces_are_refused_with_what_is_allowed(space, shown):
     action_type = ActionType.continuous if isinstance(space, gym.spaces.Box) else ActionType.discrete
-    with pytest.raises(ConfigError, match=shown.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError, match=re.escape(shown)):
         ActorCritic(OBS, space, action_type)
