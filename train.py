@@ -9,8 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from ppo_lab.commands.train import EXIT_INTERRUPTED, main_guard, train
 from ppo_lab.config import register_configs
-from ppo_lab.run import EXIT_INTERRUPTED, main_guard, train
 
 register_configs()
 
@@ -33,10 +33,11 @@ def main(cfg: DictConfig) -> Optional[float]:
         raise RuntimeError(
             f"job {hc.job.num} failed (exit status {exc.code}); run dir: {hc.runtime.output_dir}"
         ) from None
+    stopped = f", stopped by callbacks.{result['stopped_by']}" if result.get("stopped_by") else ""
     print(
         f"eval/episodic_return={result['eval/episodic_return']:.1f} "
         f"(std {result['eval/episodic_return_std']:.1f}) at global_step={int(result['global_step'])}, "
-        f"wall {result['time/wall_s']:.1f} s; run dir: {hc.runtime.output_dir}"
+        f"wall {result['time/wall_s']:.1f} s{stopped}; run dir: {hc.runtime.output_dir}"
     )
     # The return value is the objective for sweepers (e.g. Optuna): final mean eval return.
     return result["eval/episodic_return"]
@@ -46,14 +47,17 @@ if __name__ == "__main__":
     import gc
     import sys
 
-    from ppo_lab.config import TrainConfig, check_override_keys
-    from ppo_lab.run import check_run_dir_args
-    from ppo_lab.run import main_guard as _guard
+    from ppo_lab.commands.train import check_run_dir_args, resume_run_dir_args
+    from ppo_lab.config import TrainConfig, check_override_keys, rewrite_alias_args
 
-    _guard(check_override_keys, sys.argv[1:], TrainConfig)
-    _guard(check_run_dir_args, sys.argv[1:])
+    # Aliases become their standard keys before Hydra composes, so --cfg job, .hydra/ and W&B
+    # show the value the run uses (agent.clip=0.1 -> agent.clip_coef=0.1).
+    sys.argv[1:] = rewrite_alias_args(sys.argv[1:])
+    main_guard(check_override_keys, sys.argv[1:], TrainConfig)
+    main_guard(check_run_dir_args, sys.argv[1:])
+    sys.argv[1:] += resume_run_dir_args(sys.argv[1:])
     main()
     # Everything is written and closed by now. Freezing the heap spares the interpreter's exit a
     # final garbage collection over the ~200k objects torch and Hydra leave behind (~0.3 s of
-    # every run's wall on 2 cores, issue #8); atexit handlers and stream flushes still run.
+    # every run's wall); atexit handlers and stream flushes still run.
     gc.freeze()

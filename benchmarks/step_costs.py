@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from ppo_lab.config import ActionType
-from ppo_lab.losses import ppo_losses, total_loss
-from ppo_lab.networks import ActorCritic
-from ppo_lab.optim import FlatAdam
+from ppo_lab.algo.losses import ppo_losses, total_loss
+from ppo_lab.policies import ActorCritic
+from ppo_lab.algo.optim import FlatAdam
 
 
 def per_call_us(fn: Callable[[], Any], iters: int, blocks: int = 5) -> float:

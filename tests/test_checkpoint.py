@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ppo_lab.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
+from ppo_lab.io.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, save_checkpoint
 
 
 def state():

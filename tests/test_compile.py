@@ -8,9 +8,9 @@ import torch
 
 from conftest import compose_cfg
 from ppo_lab.config import ActionType
-from ppo_lab.losses import ppo_losses, total_loss
-from ppo_lab.networks import ActorCritic
-from ppo_lab.run import train
+from ppo_lab.algo.losses import ppo_losses, total_loss
+from ppo_lab.policies import ActorCritic
+from ppo_lab.commands.train import train
 
 
 def batch_losses(net, obs, actions, old_logprob, adv, old_value, returns):

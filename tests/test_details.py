@@ -15,14 +15,15 @@ import pytest
 import torch
 from torch.distributions import Categorical as TorchCategorical
 
-import ppo_lab.trainer as trainer_mod
+import ppo_lab.training.trainer as trainer_mod
 from conftest import compose_cfg, run_script
 from ppo_lab.config import ActionType, EnvConfig, to_typed
 from ppo_lab.envs import make_vec_env
-from ppo_lab.loggers import Loggers
-from ppo_lab.networks import ActorCritic, NatureCNN
-from ppo_lab.rollout import RolloutCollector
-from ppo_lab.run import build_network, train
+from ppo_lab.io.sinks import Sinks
+from ppo_lab.policies import ActorCritic, NatureCNN
+from ppo_lab.training.rollout import RolloutCollector
+from ppo_lab.commands.train import train
+from ppo_lab.policies import build_network
 from wandb_offline import offline_run
 
 
@@ -50,7 +51,7 @@ def make_trainer(overrides, tmp_path):
     envs = make_vec_env(cfg.env, cfg.agent.num_envs, cfg.agent.gamma)
     network = build_network(cfg, envs, torch.device("cpu"))
     recorder = Recorder()
-    trainer = trainer_mod.Trainer(cfg, envs, network, Loggers([recorder]), tmp_path,
+    trainer = trainer_mod.Trainer(cfg, envs, network, Sinks({"recorder": recorder}), tmp_path,
                                   torch.device("cpu"), run_config={})
     return trainer, recorder
 
@@ -311,7 +312,7 @@ def test_aux_kl_penalty_solves_cartpole_within_150k_steps(tmp_path):
 
 
 def test_kl_penalty_and_clip_objectives_differ_on_the_same_batch():
-    from ppo_lab.losses import ppo_losses
+    from ppo_lab.algo.losses import ppo_losses
 
     args = (torch.tensor([0.5, -0.5]), torch.zeros(2), torch.tensor([1.0, -1.0]), torch.zeros(2),
             torch.zeros(2), torch.zeros(2), torch.zeros(2), 0.2, True, False)
@@ -324,7 +325,7 @@ def test_kl_penalty_and_clip_objectives_differ_on_the_same_batch():
 
 
 def test_smoothed_return_is_the_mean_of_the_last_20_episodes_and_elapsed_time_grows(tmp_path, monkeypatch):
-    from ppo_lab import rollout
+    from ppo_lab.training import rollout
 
     seen, per_update = [], []
     real_collect = rollout.RolloutCollector.collect

@@ -6,7 +6,7 @@ import torch
 from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Normal
 
-from ppo_lab.distributions import Categorical, DiagGaussian, MultiCategorical
+from ppo_lab.policies.distributions import Categorical, DiagGaussian, MultiCategorical
 
 
 def test_categorical_log_prob_and_entropy_match_torch():
@@ -94,7 +94,7 @@ def test_action_rng_is_not_an_env_stream():
     env 0's reset noise as action noise, as default_rng(seed) would."""
     from gymnasium.utils import seeding
 
-    from ppo_lab.distributions import action_rng
+    from ppo_lab.policies.distributions import action_rng
 
     env0, _ = seeding.np_random(5)
     assert not np.array_equal(action_rng(5).bit_generator.random_raw(4), env0.bit_generator.random_raw(4))

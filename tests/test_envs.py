@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import compose_cfg, run_script
-from ppo_lab.config import ConfigError, EnvConfig, EnvFamily, to_typed
+from ppo_lab.config import ConfigError, EnvConfig, to_typed
 from ppo_lab.envs import check_env, make_vec_env, sign_reward, wrap_atari_game
 
 
@@ -48,7 +48,7 @@ class FakeAtariGame(gym.Env):
 
 def test_episodic_life_terminates_per_life_but_episode_return_covers_the_whole_game():
     game = FakeAtariGame()
-    env = wrap_atari_game(game, EnvConfig(family=EnvFamily.atari))
+    env = wrap_atari_game(game, EnvConfig(family="atari"))
     env.reset(seed=0)
     lives_lost, rewards, episode = 0, [], None
     for _ in range(30):
@@ -70,7 +70,7 @@ def test_episodic_life_terminates_per_life_but_episode_return_covers_the_whole_g
 
 
 def test_frame_stack_shape_and_dtype():
-    env = wrap_atari_game(FakeAtariGame(), EnvConfig(family=EnvFamily.atari))
+    env = wrap_atari_game(FakeAtariGame(), EnvConfig(family="atari"))
     obs, _ = env.reset(seed=0)
     assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
     obs, *_ = env.step(0)
@@ -80,11 +80,11 @@ def test_frame_stack_shape_and_dtype():
 
 def test_fire_reset_presses_fire_in_games_that_need_it():
     game = FakeAtariGame(meanings=("NOOP", "FIRE", "RIGHT", "LEFT"))
-    env = wrap_atari_game(game, EnvConfig(family=EnvFamily.atari))
+    env = wrap_atari_game(game, EnvConfig(family="atari"))
     env.reset(seed=0)
     assert game.actions == [1, 2]
     no_fire = FakeAtariGame()
-    wrap_atari_game(no_fire, EnvConfig(family=EnvFamily.atari)).reset(seed=0)
+    wrap_atari_game(no_fire, EnvConfig(family="atari")).reset(seed=0)
     assert no_fire.actions == []
 
 
@@ -102,7 +102,7 @@ def test_real_breakout_vector_env_gives_uint8_stacks():
 @pytest.mark.parametrize("env", ["acrobot", "lunarlander_continuous", "halfcheetah", "hopper",
                                  "walker2d", "ant", "breakout", "pong"])
 def test_each_family_runs_a_short_training(tmp_path, env):
-    from ppo_lab.run import train
+    from ppo_lab.commands.train import train
 
     cfg = compose_cfg([f"env={env}", "logger=none", "progress=false", "agent.num_envs=2",
                        "agent.num_steps=32", "agent.num_minibatches=2", "agent.update_epochs=1",
@@ -123,7 +123,7 @@ def test_missing_family_dependency_names_the_extra(monkeypatch):
 
     monkeypatch.setattr(gym, "make", missing)
     with pytest.raises(ConfigError, match=r'pip install -e "\.\[box2d\]"'):
-        check_env(EnvConfig(id="LunarLander-v3", family=EnvFamily.box2d))
+        check_env(EnvConfig(id="LunarLander-v3", family="box2d"))
 
 
 def test_cnn_on_vector_observations_is_refused_before_training(tmp_path):
@@ -138,7 +138,7 @@ def test_cnn_on_vector_observations_is_refused_before_training(tmp_path):
     ["env=halfcheetah", "env.normalize_obs=false", "env.max_episode_steps=100"],  # float64 obs
 ])
 def test_any_id_and_unnormalized_float64_observations_train(tmp_path, overrides):
-    from ppo_lab.run import train
+    from ppo_lab.commands.train import train
 
     result = train(compose_cfg(overrides + ["debug=fast", "total_timesteps=256", "eval_episodes=1"]), tmp_path)
     assert np.isfinite(result["eval/episodic_return"])

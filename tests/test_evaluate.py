@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_script
-from ppo_lab.checkpoint import load_checkpoint, save_checkpoint
+from ppo_lab.io.checkpoint import load_checkpoint, save_checkpoint
 from ppo_lab.config import ConfigError, EvaluateConfig
-from ppo_lab.evaluation import evaluate_checkpoint
-from ppo_lab.run import train
+from ppo_lab.commands.evaluate import evaluate_checkpoint
+from ppo_lab.commands.train import train
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +58,7 @@ def test_overlapping_eval_seeds_are_refused(cartpole_run, tmp_path):
 def test_evaluation_episode_k_uses_seed_s_plus_k_even_for_batched_cartpole():
 
     from ppo_lab.config import to_typed
-    from ppo_lab.evaluation import evaluate_policy
+    from ppo_lab.training.evaluation import evaluate_policy
 
     class FirstObs:
         """Records the first observations it is asked to act on; always pushes left."""
@@ -84,7 +84,7 @@ def test_evaluation_episode_k_uses_seed_s_plus_k_even_for_batched_cartpole():
     env_cfg = to_typed(compose_cfg(["logger=none"])).env
     assert env_cfg.vectorization == "vector_entry_point"  # training uses the batched CartPole
     net = FirstObs()
-    evaluate_policy(net, env_cfg, 3, seed=40)
+    evaluate_policy(net.inference_policy(), env_cfg, 3, seed=40)
     expected = np.stack([gym.make("CartPole-v1").reset(seed=40 + k)[0] for k in range(3)])
     np.testing.assert_allclose(net.first, expected)
 
@@ -134,13 +134,13 @@ def test_normalization_statistics_round_trip_and_are_frozen(tmp_path):
 
 def test_stochastic_evaluation_is_reproducible_from_its_seed():
     from ppo_lab.config import ActionType, to_typed
-    from ppo_lab.evaluation import evaluate_policy
-    from ppo_lab.networks import ActorCritic
+    from ppo_lab.training.evaluation import evaluate_policy
+    from ppo_lab.policies import ActorCritic
 
     env_cfg = to_typed(compose_cfg(["logger=none"])).env
     obs_space = gym.spaces.Box(-np.inf, np.inf, (4,), np.float32)
     torch.manual_seed(0)
     net = ActorCritic(obs_space, gym.spaces.Discrete(2), ActionType.discrete)
-    first = evaluate_policy(net, env_cfg, 4, seed=7, deterministic=False)
-    assert evaluate_policy(net, env_cfg, 4, seed=7, deterministic=False) == first
-    assert evaluate_policy(net, env_cfg, 4, seed=8, deterministic=False) != first
+    first = evaluate_policy(net.inference_policy(), env_cfg, 4, seed=7, deterministic=False)
+    assert evaluate_policy(net.inference_policy(), env_cfg, 4, seed=7, deterministic=False) == first
+    assert evaluate_policy(net.inference_policy(), env_cfg, 4, seed=8, deterministic=False) != first

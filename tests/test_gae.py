@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ppo_lab.advantages import compute_gae
+from ppo_lab.algo.advantages import compute_gae
 
 
 def reference_gae(rewards, values, next_values, terminated, truncated, gamma, lam):

@@ -9,7 +9,7 @@ Acrobot ~0.6 min, LunarLander ~1.3 min, HalfCheetah and Hopper ~5-6 min each (th
 import pytest
 
 from conftest import compose_cfg
-from ppo_lab.run import train
+from ppo_lab.commands.train import train
 
 
 @pytest.mark.slow

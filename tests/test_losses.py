@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ppo_lab.losses import explained_variance, normalize_advantages, ppo_losses, total_loss, update_kl_beta
+from ppo_lab.algo.losses import explained_variance, normalize_advantages, ppo_losses, total_loss, update_kl_beta
 
 
 def terms(new_lp, old_lp, adv, new_v=None, old_v=None, ret=None, clip=0.2, clip_vloss=True, norm_adv=False, beta=None):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ppo_lab.config import ActionType, ConfigError
-from ppo_lab.networks import ActorCritic
+from ppo_lab.policies import ActorCritic
 
 OBS = gym.spaces.Box(-1, 1, (4,), np.float32)
 DISCRETE = gym.spaces.Discrete(3)
@@ -96,7 +96,7 @@ def test_cnn_takes_uint8_frames_and_scales_them():
 def test_fused_inference_policy_matches_the_network(shared, space, action_type):
     """The rollout's fused numpy actor+critic snapshot gives the network's outputs, and the
     log-probs it returns for its samples are the ones training recomputes (ratio 1)."""
-    from ppo_lab.networks import FusedMLPPolicy
+    from ppo_lab.policies import FusedMLPPolicy
 
     torch.manual_seed(0)
     net = ActorCritic(OBS, space, action_type, shared=shared, hidden_sizes=(64, 32), log_std_init=-0.3)
@@ -149,7 +149,7 @@ def test_relu_mlp_snapshot_matches_the_network():
 
 
 def test_cnn_acts_through_the_network_itself():
-    from ppo_lab.networks import NetworkPolicy
+    from ppo_lab.policies import NetworkPolicy
 
     frames = gym.spaces.Box(0, 255, (4, 84, 84), np.uint8)
     net = ActorCritic(frames, DISCRETE, ActionType.discrete, kind="cnn", hidden_sizes=(512,))

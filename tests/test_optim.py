@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from ppo_lab.optim import FlatAdam
+from ppo_lab.algo.optim import FlatAdam
 
 
 def net():

@@ -14,7 +14,7 @@ import yaml
 from conftest import run_script
 from scipy.stats import trim_mean
 
-from ppo_lab import report
+from ppo_lab.commands import report
 
 TINY = ["debug=fast", "agent.num_envs=2", "agent.num_steps=64", "total_timesteps=256", "eval_episodes=2"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -57,7 +57,8 @@ def test_report_of_a_real_sweep_matches_the_job_files(tmp_path):
     out = run_report(str(sweep), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     rows = table_rows(out.stdout)
-    assert set(rows) == {"agent.clip=0.1", "agent.clip=0.2"}
+    # The alias typed (agent.clip) is recorded as the key the run used (agent.clip_coef).
+    assert set(rows) == {"agent.clip_coef=0.1", "agent.clip_coef=0.2"}
     for label, cells in rows.items():
         jobs = [j for j in sweep.iterdir() if j.name.isdigit()
                 and label in yaml.safe_load((j / ".hydra" / "overrides.yaml").read_text())]

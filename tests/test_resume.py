@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import compose_cfg, run_script, sigterm_once_training
-from ppo_lab.checkpoint import load_checkpoint
+from ppo_lab.io.checkpoint import load_checkpoint
 from ppo_lab.config import ConfigError
-from ppo_lab.run import train
-from ppo_lab.trainer import Trainer, TrainingDiverged, TrainingInterrupted
+from ppo_lab.commands.train import train
+from ppo_lab.training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
 OVERRIDES = ["logger=none", "progress=false", "agent.num_envs=4", "agent.num_steps=64",
              "total_timesteps=5120", "checkpoint_interval=5", "eval_episodes=2", "seed=3"]
@@ -49,7 +49,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     def init_with_signal(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
-        self.loggers.sinks.append(SignalAt(7 * 256))
+        self.sinks.sinks["signal"] = SignalAt(7 * 256)
 
     monkeypatch.setattr(Trainer, "__init__", init_with_signal)
     with pytest.raises(TrainingInterrupted, match=f"Resume with: python train.py resume={parted}"):
@@ -85,21 +85,21 @@ def test_sigterm_in_subprocess_saves_checkpoint_and_resume_finishes(tmp_path):
     assert len(ckpts) == 1
     step = load_checkpoint(ckpts[0])["global_step"]
     # The W&B run was finished (its offline files closed) and continues under the same id.
-    run_id = load_checkpoint(ckpts[0])["wandb_run_id"]
+    run_id = load_checkpoint(ckpts[0])["sinks"]["wandb"]["run_id"]
     assert run_id and list((tmp_path / "run" / "wandb").glob(f"offline-run-*-{run_id}"))
     done = run_script("train.py", [f"resume={tmp_path / 'run'}", f"total_timesteps={step + 2560}",
                                    "eval_episodes=2"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
     assert final["global_step"] == step + 2560 - (step + 2560) % 256
-    assert final["wandb_run_id"] == run_id
+    assert final["sinks"]["wandb"]["run_id"] == run_id
     first = load_checkpoint(ckpts[0])
-    assert (final["wandb_name"], final["wandb_group"]) == (first["wandb_name"], first["wandb_group"])
-    assert "resume=" not in final["wandb_name"]
+    assert final["sinks"]["wandb"] == first["sinks"]["wandb"]  # same id, name and group
+    assert "resume=" not in final["sinks"]["wandb"]["name"]
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    import ppo_lab.trainer as trainer_mod
+    import ppo_lab.training.trainer as trainer_mod
 
     real = trainer_mod.ppo_losses
     calls = {"n": 0}

@@ -4,7 +4,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ppo_lab.rollout import RolloutCollector
+from ppo_lab.training.rollout import RolloutCollector
 
 
 class CountEnv(gym.Env):
@@ -77,7 +77,7 @@ def test_each_rollout_acts_with_the_current_weights():
     """The collector takes a fresh fused snapshot per rollout: after a weight change the stored
     values are the new network's, not a cached copy's."""
     from ppo_lab.config import ActionType
-    from ppo_lab.networks import ActorCritic
+    from ppo_lab.policies import ActorCritic
 
     envs = make_envs()
     net = ActorCritic(envs.single_observation_space, envs.single_action_space, ActionType.discrete)
@@ -96,7 +96,7 @@ def test_collector_checkpoints_its_action_sampler(tmp_path):
     """The generator the actions are drawn from is part of the collector's state and survives a
     checkpoint (``torch.load(weights_only=True)``), so a resumed run draws what the uninterrupted
     run would have drawn. Checkpoints written before it existed still load."""
-    from ppo_lab.checkpoint import load_checkpoint, save_checkpoint
+    from ppo_lab.io.checkpoint import load_checkpoint, save_checkpoint
 
     collector = RolloutCollector(make_envs(), num_steps=2, seed=0)
     save_checkpoint({"model": {}, "config": {}, "collector": collector.state_dict()}, tmp_path / "c.pt")

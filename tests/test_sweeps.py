@@ -16,7 +16,7 @@ import yaml
 from conftest import CONF, run_script
 from hydra import compose, initialize_config_dir
 
-from ppo_lab.run import sweep_group
+from ppo_lab.commands.train import sweep_group
 from wandb_offline import offline_run
 
 TINY = ["debug=fast", "agent.num_envs=2", "agent.num_steps=64", "total_timesteps=256", "eval_episodes=2"]
@@ -46,7 +46,7 @@ def test_grid_sweep_gives_each_job_its_dir_and_one_wandb_group(tmp_path):
     runs = []
     for job in jobs:
         overrides = overrides_of(job)
-        clip = float(next(o for o in overrides if o.startswith("agent.clip=")).split("=")[1])
+        clip = float(next(o for o in overrides if o.startswith("agent.clip_coef=")).split("=")[1])
         seed = int(next(o for o in overrides if o.startswith("seed=")).split("=")[1])
         config = yaml.safe_load((job / "config.yaml").read_text())  # resolved: alias applied
         assert config["agent"]["clip_coef"] == clip and config["seed"] == seed
@@ -60,7 +60,7 @@ def test_grid_sweep_gives_each_job_its_dir_and_one_wandb_group(tmp_path):
         assert run["exit_code"] == 0
         assert run["config"]["seed"] == seed and run["config"]["agent"]["clip_coef"] == clip
         assert run["config"]["overrides"] == overrides
-        assert f"agent.clip={clip}" in run["name"] and f"seed={seed}" in run["name"]
+        assert f"agent.clip_coef={clip}" in run["name"] and f"seed={seed}" in run["name"]
         # Every chart against global_step; final and best eval return in the run summary.
         assert run["step_metrics"].get("*") == "global_step"
         for key in ("eval/episodic_return", "eval/best_episodic_return"):

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from conftest import compose_cfg, run_script
-from ppo_lab.checkpoint import load_checkpoint
-from ppo_lab.run import train
+from ppo_lab.io.checkpoint import load_checkpoint
+from ppo_lab.commands.train import train
 
 
 def only_run_dir(cwd: Path) -> Path:
@@ -47,7 +47,10 @@ def test_lunarlander_with_clip_alias_as_typed_by_a_user(tmp_path):
     run = only_run_dir(tmp_path)
     hydra_cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
     resolved = yaml.safe_load((run / "config.yaml").read_text())
-    assert hydra_cfg["agent"]["clip"] == 0.1
+    # The alias is rewritten to its standard key before Hydra composes: every record of the run
+    # (and `--cfg job`) shows the value the run uses.
+    assert hydra_cfg["agent"]["clip_coef"] == 0.1 and hydra_cfg["agent"]["clip"] is None
+    assert "agent.clip_coef=0.1" in yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text())
     assert resolved["agent"]["clip_coef"] == 0.1
     assert resolved["env"]["id"] == "LunarLander-v3"
     assert load_checkpoint(run / "checkpoints" / "final.pt")["config"]["agent"]["clip_coef"] == 0.1
@@ -106,7 +109,7 @@ def test_logger_none_runs_without_importing_wandb(tmp_path):
 def test_tensorboard_sink_writes_event_files_with_the_same_metric_names(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(compose_cfg(["debug=fast", "logger.tensorboard=true", "total_timesteps=512"]), tmp_path)
+    train(compose_cfg(["debug=fast", "logger=tensorboard", "total_timesteps=512"]), tmp_path)
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -119,7 +122,7 @@ def test_torch_threads_default_is_one_for_mlp_and_every_usable_core_for_cnn():
 
     from conftest import compose_cfg
     from ppo_lab.config import to_typed
-    from ppo_lab.run import resolve_torch_threads
+    from ppo_lab.training.runtime import resolve_torch_threads
 
     assert resolve_torch_threads(to_typed(compose_cfg([]))) == 1
     assert resolve_torch_threads(to_typed(compose_cfg(["env=breakout"]))) == len(os.sched_getaffinity(0))

@@ -1,14 +1,15 @@
 """The PPO training loop: collect -> advantages -> update epochs -> log -> evaluate/checkpoint.
 
 Read top to bottom like CleanRL's ppo.py. Every one of the implementation details it uses is a
-named step here or in the module it calls (details table: ``docs/details.md``).
+named step here or in the module it calls (details table: ``docs/details.md``). The Trainer owns
+the optimizer and the counters; everything else it is handed (env, network, sinks, callbacks)
+and the checkpoint composes each component's own ``state_dict()``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import random
 import signal
 import threading
 import time
@@ -19,28 +20,20 @@ from typing import Any, Optional
 import gymnasium as gym
 import numpy as np
 import torch
-from torch import Tensor
 from tqdm import tqdm
 
-from ppo_lab.advantages import compute_gae
-from ppo_lab.checkpoint import load_checkpoint, save_checkpoint, torch_from_numpy
-from ppo_lab.config import EnvFamily, LossType, TrainConfig
-from ppo_lab.envs import (
-    env_state,
-    load_env_state,
-    load_normalization_state,
-    normalization_from_tensors,
-    normalization_state,
-    normalization_to_tensors,
-)
-from ppo_lab.diagnostics import Diagnostics
-from ppo_lab.evaluation import evaluate_policy
-from ppo_lab.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
-from ppo_lab.networks import LOG_STD_MAX, LOG_STD_MIN, ActorCritic
-from ppo_lab.optim import FlatAdam
-from ppo_lab.rollout import RolloutBuffer, RolloutCollector
-from ppo_lab.schedules import linear_anneal
-
+from ppo_lab.algo.advantages import compute_gae
+from ppo_lab.algo.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
+from ppo_lab.algo.optim import FlatAdam
+from ppo_lab.algo.schedules import linear_anneal
+from ppo_lab.config import LossType, TrainConfig
+from ppo_lab.envs import EnvStateSnapshot, NormalizationStats
+from ppo_lab.io.checkpoint import load_checkpoint, load_components, save_checkpoint, state_of
+from ppo_lab.training.callbacks import Callback, RunView
+from ppo_lab.training.diagnostics import Diagnostics
+from ppo_lab.training.evaluation import evaluate_policy
+from ppo_lab.training.rollout import RolloutBuffer, RolloutCollector
+from ppo_lab.training.runtime import GlobalRNG
 
 LOG = logging.getLogger("ppo_lab")
 
@@ -73,28 +66,34 @@ class Trainer:
     Args:
         cfg: the validated run config.
         envs: the training vector env (``envs.make_vec_env``).
-        network: the actor-critic.
-        loggers: metric sinks (``loggers.Loggers``).
+        network: the actor-critic (protocol: ``policies/protocol.py``).
+        sinks: metric sinks (``io.sinks.Sinks``).
         run_dir: the run's dir; checkpoints go to ``run_dir/checkpoints``.
         device: where the network and the update's tensors live (the rollout buffer is numpy
             on the host and goes to the device once per update).
         run_config: the resolved config as plain data, stored in every checkpoint.
-        resume_state: a loaded checkpoint to continue from (see ``checkpoint.py``).
+        callbacks: ``{key: callback}`` (``training/callbacks.py``), called in order.
+        exact_env_state: checkpoint the env's whole state and the collector's position (the env
+            family's ``exact_state``: classic control), so a resume continues the same episodes.
+        resume_state: a loaded checkpoint to continue from (``io/checkpoint.py``).
     """
 
     def __init__(
         self,
         cfg: TrainConfig,
         envs: gym.vector.VectorEnv,
-        network: ActorCritic,
-        loggers: Any,
+        network: torch.nn.Module,
+        sinks: Any,
         run_dir: Path,
         device: torch.device,
         run_config: dict[str, Any],
+        callbacks: Optional[dict[str, Callback]] = None,
+        exact_env_state: bool = False,
         resume_state: Optional[dict[str, Any]] = None,
     ) -> None:
-        self.cfg, self.envs, self.network, self.loggers = cfg, envs, network, loggers
+        self.cfg, self.envs, self.network, self.sinks = cfg, envs, network, sinks
         self.run_dir, self.device, self.run_config = Path(run_dir), device, run_config
+        self.callbacks = dict(callbacks or {})
         self.ckpt_dir = self.run_dir / "checkpoints"
         a = cfg.agent
         self.num_iterations = cfg.total_timesteps // a.batch_size
@@ -108,8 +107,11 @@ class Trainer:
         self.best_eval_return = -math.inf
         self.recent_returns: deque[float] = deque(maxlen=20)
         self._stop_signal: Optional[int] = None
+        self.stopped_by: Optional[str] = None
         self.timing = {"rollout": 0.0, "update": 0.0, "log": 0.0}
         self.collector = RolloutCollector(envs, a.num_steps, cfg.seed)
+        self.normalization = NormalizationStats(envs)
+        self.exact_env_state = exact_env_state
         self.diagnostics = Diagnostics(kl_reference=a.target_kl or a.kl_target,
                                        max_entropy=max_entropy(envs.single_action_space))
         if resume_state is not None:
@@ -117,7 +119,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> dict[str, float]:
-        """Train until ``total_timesteps``; returns the final evaluation metrics (``eval/...``).
+        """Train until ``total_timesteps`` (or a callback's stop); returns the final evaluation
+        metrics (``eval/...``) and ``stopped_by`` (the callback's key, if one stopped training).
 
         Raises:
             TrainingDiverged: non-finite loss or parameters (the last checkpoint is left intact).
@@ -132,6 +135,7 @@ class Trainer:
         in_main = threading.current_thread() is threading.main_thread()
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
         try:
+            self._notify("on_training_start")
             for iteration in range(self.iteration + 1, self.num_iterations + 1):
                 # 1. Schedules: linear annealing of lr and clip_coef (detail 4).
                 lr, clip_coef = self._schedules(iteration)
@@ -150,13 +154,14 @@ class Trainer:
                 # 4. Update: epochs of shuffled minibatches (details 6-11).
                 stats = self._update(buf, advantages, returns, clip_coef)
                 self.timing["update"] += time.perf_counter() - tic
-                # 5. Log.
+                # 5. Log, and let the callbacks see the update.
                 tic = time.perf_counter()
                 sps = (self.global_step - start_step) / (tic - start)
-                self._log(stats, episodes, lr, clip_coef, sps, elapsed=tic - start)
+                metrics = self._log(stats, episodes, lr, clip_coef, sps, elapsed=tic - start)
                 bar.update(a.batch_size)
                 bar.set_postfix(sps=f"{sps:,.0f}", ret=self._recent_return(), refresh=False)
                 self.timing["log"] += time.perf_counter() - tic
+                self._notify("on_update_end", metrics)
                 # 6. Evaluate and checkpoint.
                 if self.cfg.eval_interval and iteration % self.cfg.eval_interval == 0:
                     self.evaluate()
@@ -164,11 +169,18 @@ class Trainer:
                     self.save(f"update_{iteration:06d}.pt")
                 if self._stop_signal is not None:
                     self._interrupt()
-            final = self.evaluate()
+                if self.stopped_by is not None:
+                    LOG.info("callbacks.%s asked to stop at update %d (global_step %d)",
+                             self.stopped_by, self.iteration, self.global_step)
+                    break
+            final = self.evaluate(final=True)
             self.save("final.pt")
             final["time/wall_s"] = time.perf_counter() - start
             final.update(self.time_breakdown())
-            self.loggers.summary(final)
+            if self.stopped_by is not None:
+                final["stopped_by"] = self.stopped_by
+            self.sinks.summary(final)
+            self._notify("on_training_end", final)
             return final
         finally:
             bar.close()
@@ -194,38 +206,22 @@ class Trainer:
     def _update(
         self, buf: RolloutBuffer, advantages: np.ndarray, returns: np.ndarray, clip_coef: float
     ) -> dict[str, float]:
-        """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over the valid steps.
-
-        Autoreset steps (``buf.valid`` False) are dropped, so minibatches split the valid steps
-        as evenly as possible. Early stop: after an epoch whose mean approx_kl exceeds
-        ``target_kl``.
-        """
-        a, dev = self.cfg.agent, self.device
-
-        def batch(array: np.ndarray) -> Tensor:  # (T, N, ...) numpy -> (T * N, ...) on the device, once per rollout
-            return torch.from_numpy(array.reshape(-1, *array.shape[2:])).to(dev)
-
-        obs, actions = batch(buf.obs), batch(buf.actions)
-        old_logprobs, old_values = batch(buf.logprobs), batch(buf.values)
-        b_adv, b_ret = batch(advantages), batch(returns)
-        valid = torch.from_numpy(np.flatnonzero(buf.valid.reshape(-1))).to(dev)
+        """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over the valid steps
+        (the buffer hands them out; autoreset steps are left out). Early stop: after an epoch
+        whose mean approx_kl exceeds ``target_kl``."""
+        a = self.cfg.agent
+        batch = buf.training_batch(advantages, returns, self.device)
         kl_beta = self.kl_beta if a.loss is LossType.kl_penalty else None
 
         # One row of STAT_KEYS per minibatch, stacked once (not one add per statistic).
-        rows: list[Tensor] = []
+        rows: list[torch.Tensor] = []
         epochs_run, kl_column = 0, STAT_KEYS.index("approx_kl")
         for epoch in range(a.update_epochs):
             epoch_start = len(rows)
-            # One gather per tensor per epoch; the minibatches are then contiguous views.
-            perm = valid[torch.randperm(valid.numel(), device=dev)]
-            shuffled = [t[perm].tensor_split(a.num_minibatches)
-                        for t in (obs, actions, old_logprobs, b_adv, old_values, b_ret)]
-            for mb_obs, mb_actions, mb_logprobs, mb_adv, mb_values, mb_ret in zip(*shuffled):
-                if mb_adv.numel() == 0:
-                    continue
-                new_logprob, entropy, new_value = self.network.evaluate_actions(mb_obs, mb_actions)
+            for mb in batch.minibatches(a.num_minibatches):
+                new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions)
                 terms = ppo_losses(
-                    new_logprob, mb_logprobs, mb_adv, new_value, mb_values, mb_ret,
+                    new_logprob, mb.logprobs, mb.advantages, new_value, mb.values, mb.returns,
                     entropy, clip_coef, a.clip_vloss, a.norm_adv, kl_beta,
                 )
                 loss = total_loss(terms, a.ent_coef, a.vf_coef)
@@ -234,8 +230,7 @@ class Trainer:
                 # Detail 11: global gradient clipping.
                 grad_norm = self.optimizer.clip_grad_norm_(a.max_grad_norm)
                 self.optimizer.step()
-                if self.network.continuous:  # keep log_std where its clamp still has gradient
-                    self.network.log_std.data.clamp_(LOG_STD_MIN, LOG_STD_MAX)
+                self.network.after_optimizer_step()
                 terms["loss"], terms["grad_norm"] = loss, grad_norm
                 rows.append(torch.stack([terms[k] for k in STAT_KEYS]).detach())
             epochs_run = epoch + 1
@@ -247,12 +242,11 @@ class Trainer:
         stats = dict(zip(STAT_KEYS, torch.stack(rows).mean(0).tolist()))
         self._check_finite(stats)
         stats["epochs"] = epochs_run
-        stats["explained_variance"] = explained_variance(old_values[valid], b_ret[valid])
+        stats["explained_variance"] = explained_variance(batch.values[batch.valid], batch.returns[batch.valid])
         if kl_beta is not None:
             self.kl_beta = update_kl_beta(self.kl_beta, last_epoch_kl, a.kl_target)
             stats["kl_beta"] = self.kl_beta
-        if self.network.continuous:
-            stats["action_std"] = float(self.network.clamped_log_std().detach().exp().mean())
+        stats.update(self.network.policy_stats())
         return stats
 
     def _check_finite(self, stats: dict[str, float]) -> None:
@@ -272,12 +266,9 @@ class Trainer:
     def _log(
         self, stats: dict[str, float], episodes: list[tuple[float, int]], lr: float, clip: float,
         sps: float, elapsed: float,
-    ) -> None:
-        metrics = {f"train/{k}": v for k, v in stats.items()}
-        log_std = None
-        if self.network.continuous:
-            ls = self.network.log_std.detach()
-            log_std = (float(ls.min()), float(ls.max()))
+    ) -> dict[str, Any]:
+        metrics: dict[str, Any] = {f"train/{k}": v for k, v in stats.items()}
+        log_std = (stats["log_std_min"], stats["log_std_max"]) if "log_std_min" in stats else None
         for name, message in self.diagnostics.check(stats, self.iteration / self.num_iterations, log_std).items():
             LOG.warning("update %d (global_step %d): %s", self.iteration, self.global_step, message)
             metrics[f"diagnostics/{name}"] = 1.0
@@ -291,17 +282,36 @@ class Trainer:
             metrics["charts/episodes"] = len(episodes)
         if self.recent_returns:
             metrics["charts/episodic_return_last20"] = float(np.mean(self.recent_returns))
-        self.loggers.log(metrics, self.global_step)
+        self.sinks.log(metrics, self.global_step)
+        return metrics
 
     def _recent_return(self) -> str:
         return f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
 
+    # ------------------------------------------------------------------ callbacks
+    def run_view(self) -> RunView:
+        """What callbacks see: counters, config and snapshots (never the live components)."""
+        return RunView(cfg=self.cfg, run_dir=self.run_dir, global_step=self.global_step,
+                       iteration=self.iteration, num_iterations=self.num_iterations,
+                       _policy=self.network.inference_policy, _normalization=self.normalization.numpy,
+                       _log=self.sinks.log)
+
+    def _notify(self, hook: str, *args: Any) -> None:
+        """Call ``hook`` on every callback; a True return asks to stop (the first one is kept)."""
+        if not self.callbacks:
+            return
+        view = self.run_view()
+        for key, callback in self.callbacks.items():
+            if getattr(callback, hook)(view, *args) is True and self.stopped_by is None:
+                self.stopped_by = key
+
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self) -> dict[str, float]:
-        """Run ``eval_episodes`` episodes with frozen normalization; log ``eval/...``; keep ``best.pt``."""
+    def evaluate(self, final: bool = False) -> dict[str, float]:
+        """Run ``eval_episodes`` episodes with frozen normalization; log ``eval/...``; keep
+        ``best.pt``; tell the callbacks (their stop requests count only before the final one)."""
         results = evaluate_policy(
-            self.network, self.cfg.env, self.cfg.eval_episodes, self.cfg.eval_seed,
-            self.cfg.eval_deterministic, normalization_state(self.envs),
+            self.network.inference_policy(), self.cfg.env, self.cfg.eval_episodes, self.cfg.eval_seed,
+            self.cfg.eval_deterministic, self.normalization.numpy(),
         )
         returns = np.array([r for r, _ in results])
         metrics = {
@@ -309,41 +319,38 @@ class Trainer:
             "eval/episodic_return_std": float(returns.std()),
             "eval/episodic_length": float(np.mean([n for _, n in results])),
         }
-        self.loggers.log(metrics, self.global_step)
+        self.sinks.log(metrics, self.global_step)
         if metrics["eval/episodic_return"] > self.best_eval_return:
             self.best_eval_return = metrics["eval/episodic_return"]
             self.save("best.pt")
+        self._notify("on_eval_end", metrics)
         return {**metrics, "eval/best_episodic_return": self.best_eval_return,
                 "global_step": float(self.global_step)}
 
     # ------------------------------------------------------------------ checkpoints
+    def components(self) -> dict[str, Any]:
+        """The stateful parts a checkpoint holds, each with ``state_dict()`` / ``load_state_dict()``.
+        The env's whole state and the collector's position only where the family allows exact
+        state (classic control); other families restart their episodes on resume."""
+        parts: dict[str, Any] = {"model": self.network, "optimizer": self.optimizer,
+                                 "normalization": self.normalization, "rng": GlobalRNG(), "sinks": self.sinks}
+        if self.exact_env_state:
+            parts.update(collector=self.collector, env_state=EnvStateSnapshot(self.envs))
+        return parts
+
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue: model, optimizer, counters, schedules' position,
-        normalization statistics, RNG states (python, numpy, torch) and the W&B run id."""
-        np_state = np.random.get_state()
-        # Exact env state (mid-episode) only where it is all numpy data (classic control);
-        # other families restart their episodes on resume (README, "Resume").
-        exact_env = self.cfg.env.family is EnvFamily.classic
+        """Everything needed to continue: the components' states, the counters, the schedules'
+        position (update count), the KL-penalty beta, the best eval return, the last-20 training
+        returns and the run's config."""
         return {
-            "model": self.network.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "collector": None, "env_state": None,  # present, and None, where the family has no exact state
+            **state_of(self.components()),
             "global_step": self.global_step,
             "iteration": self.iteration,
             "kl_beta": self.kl_beta,
             "best_eval_return": self.best_eval_return,
-            "config": self.run_config,
-            "normalization": normalization_to_tensors(normalization_state(self.envs)),
-            "rng": {
-                "python": random.getstate(),
-                "numpy": [np_state[0], torch_from_numpy(np_state[1]), *np_state[2:]],
-                "torch": torch.get_rng_state(),
-            },
-            "wandb_run_id": self.loggers.wandb_run_id,
-            "wandb_group": self.loggers.wandb_group,
-            "wandb_name": self.loggers.wandb_name,
-            "collector": self.collector.state_dict() if exact_env else None,
             "recent_returns": torch.tensor(list(self.recent_returns), dtype=torch.float64),
-            "env_state": env_state(self.envs) if exact_env else None,
+            "config": self.run_config,
         }
 
     def save(self, name: str) -> Path:
@@ -355,22 +362,17 @@ class Trainer:
         return path
 
     def _restore(self, state: dict[str, Any]) -> None:
-        self.network.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        parts = self.components()
+        parts.pop("sinks")  # sinks took their state when they were built (``build_sinks``)
+        if state.get("env_state") is None:
+            parts.pop("collector", None)
+            parts.pop("env_state", None)
+        load_components(parts, state)
         self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
         self.kl_beta = float(state["kl_beta"])
         self.best_eval_return = float(state["best_eval_return"])
         self.recent_returns.extend(state.get("recent_returns", torch.zeros(0)).tolist())
-        load_normalization_state(self.envs, normalization_from_tensors(state["normalization"]))
-        rng = state["rng"]
-        random.setstate(rng["python"])
-        np_state = rng["numpy"]
-        np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
-        torch.set_rng_state(rng["torch"])
-        if state.get("env_state") is not None:
-            load_env_state(self.envs, state["env_state"])
-            self.collector.load_state_dict(state["collector"])
-        else:  # fresh episodes, but not a replay of the run's first resets
+        if "collector" not in parts:  # fresh episodes, but not a replay of the run's first resets
             self.collector.reset(seed=self.cfg.seed + self.global_step)
         best = self.ckpt_dir / "best.pt"
         if best.is_file():  # a crash after best.pt was written must not let a worse model replace it

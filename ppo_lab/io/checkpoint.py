@@ -27,6 +27,28 @@ def torch_from_numpy(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array).copy())
 
 
+def state_of(components: dict[str, Any]) -> dict[str, Any]:
+    """``{name: component.state_dict()}``: how a checkpoint composes its parts (network,
+    optimizer, normalization statistics, RNGs, sinks, ...), each giving its own state."""
+    return {name: component.state_dict() for name, component in components.items()}
+
+
+def load_components(components: dict[str, Any], state: dict[str, Any]) -> None:
+    """Inverse of :func:`state_of`: ``component.load_state_dict(state[name])`` for each part;
+    a part the checkpoint lacks (an older checkpoint) is left as it is.
+
+    Raises:
+        CheckpointError: a part does not fit (naming it).
+    """
+    for name, component in components.items():
+        if state.get(name) is None:
+            continue
+        try:
+            component.load_state_dict(state[name])
+        except (KeyError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"checkpoint part {name!r} does not fit this run ({type(exc).__name__}: {exc})") from None
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically (temp file + fsync + rename). Returns the path."""
     path = Path(path)

@@ -21,10 +21,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from ppo_lab.checkpoint import torch_from_numpy
-from ppo_lab.distributions import action_rng
+import torch
+from torch import Tensor
+
 from ppo_lab.envs import completed_episodes
-from ppo_lab.networks import ActorCritic
+from ppo_lab.io.checkpoint import torch_from_numpy
+from ppo_lab.policies.distributions import action_rng
 
 
 @dataclass
@@ -86,6 +88,63 @@ class RolloutBuffer:
         for the last step (with next-step autoreset, the true final observation's value)."""
         return np.concatenate([self.values[1:], self.next_value[None]])
 
+    def training_batch(self, advantages: np.ndarray, returns: np.ndarray, device: torch.device) -> "TrainingBatch":
+        """The rollout flattened to ``(T * N, ...)`` tensors on ``device`` (once per update), with
+        the GAE ``advantages`` and ``returns`` ``(T, N)`` and the indices of the valid steps."""
+
+        def flat(array: np.ndarray) -> Tensor:
+            return torch.from_numpy(array.reshape(-1, *array.shape[2:])).to(device)
+
+        return TrainingBatch(
+            obs=flat(self.obs), actions=flat(self.actions), logprobs=flat(self.logprobs),
+            values=flat(self.values), advantages=flat(advantages), returns=flat(returns),
+            valid=torch.from_numpy(np.flatnonzero(self.valid.reshape(-1))).to(device),
+        )
+
+
+@dataclass
+class Minibatch:
+    """One minibatch of ``M`` valid steps: ``obs`` ``(M, *obs_shape)``, ``actions`` ``(M, ...)``,
+    ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values)."""
+
+    obs: Tensor
+    actions: Tensor
+    logprobs: Tensor
+    advantages: Tensor
+    values: Tensor
+    returns: Tensor
+
+
+@dataclass
+class TrainingBatch:
+    """A rollout as flat tensors for the update epochs (``RolloutBuffer.training_batch``).
+
+    Attributes:
+        obs, actions, logprobs, values, advantages, returns: ``(T * N, ...)``, step-major.
+        valid: ``(V,)`` int64 indices of the valid (non-autoreset) steps.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    logprobs: Tensor
+    values: Tensor
+    advantages: Tensor
+    returns: Tensor
+    valid: Tensor
+
+    def minibatches(self, num_minibatches: int) -> list[Minibatch]:
+        """One epoch: the valid steps in a fresh random order (torch's global generator, on the
+        batch's device), split into ``num_minibatches`` minibatches as even as possible (37
+        details, detail 6); empty ones are left out. Each sample appears exactly once.
+
+        One gather per tensor per epoch; the minibatches are then contiguous views.
+        """
+        valid = self.valid
+        perm = valid[torch.randperm(valid.numel(), device=valid.device)]
+        shuffled = [t[perm].tensor_split(num_minibatches)
+                    for t in (self.obs, self.actions, self.logprobs, self.advantages, self.values, self.returns)]
+        return [Minibatch(*parts) for parts in zip(*shuffled) if parts[3].numel() > 0]
+
 
 class RolloutCollector:
     """Steps the vector env with the current policy and fills a :class:`RolloutBuffer`.
@@ -127,8 +186,9 @@ class RolloutCollector:
         if "rng" in state:  # checkpoints from before the numpy sampler keep the run-seeded generator
             self.rng.bit_generator.state = state["rng"]
 
-    def collect(self, network: ActorCritic) -> tuple[RolloutBuffer, list[tuple[float, int]]]:
-        """Run ``num_steps`` vector steps.
+    def collect(self, network: Any) -> tuple[RolloutBuffer, list[tuple[float, int]]]:
+        """Run ``num_steps`` vector steps with ``network.inference_policy()`` (protocol:
+        ``policies/protocol.py``).
 
         Returns:
             The filled buffer (reused between calls) and the ``(episodic_return, episodic_length)``

@@ -10,13 +10,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ppo_lab.networks import LOG_STD_MAX, LOG_STD_MIN
+from ppo_lab.policies.distributions import LOG_STD_MAX, LOG_STD_MIN
 
 #: Consecutive updates approx_kl must stay above KL_FACTOR x target before warning.
 KL_PATIENCE = 3
 KL_FACTOR = 5.0
 #: Explained variance is judged only after this fraction of training.
 EV_WARMUP = 0.1
+#: Consecutive post-warmup updates with explained_variance < 0 before warning. EV is noisy when
+#: the returns barely vary (e.g. CartPole solved at 500), so one negative update is no signal; a
+#: value function that is really broken stays negative for many updates in a row.
+EV_PATIENCE = 5
 #: Entropy collapse: below this fraction of the maximum entropy (discrete) ...
 ENTROPY_FRACTION = 0.01
 #: ... or a mean action std below this (continuous).
@@ -39,6 +43,7 @@ class Diagnostics:
     max_entropy: Optional[float]
     issued: set[str] = field(default_factory=set)
     _kl_streak: int = 0
+    _ev_streak: int = 0
 
     def check(
         self, stats: dict[str, float], progress: float, log_std: Optional[tuple[float, float]] = None
@@ -64,10 +69,14 @@ class Diagnostics:
                 "or clip_coef, or set agent.target_kl"
             )
         ev = stats.get("explained_variance", float("nan"))
-        if progress > EV_WARMUP and math.isfinite(ev) and ev < 0:
+        # Updates before the warmup, and non-finite EV (constant returns), break the streak.
+        negative = progress > EV_WARMUP and math.isfinite(ev) and ev < 0
+        self._ev_streak = self._ev_streak + 1 if negative else 0
+        if self._ev_streak >= EV_PATIENCE:
             found["negative_explained_variance"] = (
-                f"explained_variance={ev:.3f} < 0 after {progress:.0%} of training: the value "
-                "function predicts worse than a constant (check reward scale, vf_coef, gamma)"
+                f"explained_variance={ev:.3f} has been < 0 for {self._ev_streak} consecutive updates (at "
+                f"{progress:.0%} of training): the value function predicts worse than a constant "
+                "(check reward scale, vf_coef, gamma)"
             )
         if self.max_entropy is not None and stats.get("entropy", math.inf) < ENTROPY_FRACTION * self.max_entropy:
             found["entropy_collapse"] = (

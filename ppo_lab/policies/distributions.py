@@ -25,6 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+#: Bounds of the state-independent log std: exp(-20) ~ 2e-9, exp(2) ~ 7.4. Keeps log-probs finite.
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 

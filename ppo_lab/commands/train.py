@@ -1,4 +1,5 @@
-"""Wiring of one training run, in a visible order: validate -> env -> network -> loggers -> trainer.
+"""``python train.py``: the wiring of one training run, in a visible order:
+validate -> env -> network -> sinks -> callbacks -> trainer.
 
 ``train.py`` is the Hydra entry point; it calls :func:`train` with the composed config and the
 Hydra run dir. Tests call :func:`train` directly with a config composed by ``hydra.compose``.
@@ -7,74 +8,27 @@ Hydra run dir. Tests call :func:`train` directly with a config composed by ``hyd
 from __future__ import annotations
 
 import logging
-import os
-import random
 import sys
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-import numpy as np
 import torch
-from hydra.utils import instantiate
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from ppo_lab.checkpoint import find_checkpoint, load_checkpoint, run_dir_of
-from ppo_lab.config import ConfigError, TrainConfig, apply_aliases, to_typed
-from ppo_lab.envs import make_vec_env
-from ppo_lab.loggers import JsonlLogger, Loggers, TensorBoardLogger, WandbLogger
-from ppo_lab.networks import ActorCritic, check_action_type, check_network_fits
+from ppo_lab.config import ConfigError, TrainConfig, apply_aliases, migrate, to_typed
+from ppo_lab.config.targets import instantiate_node
+from ppo_lab.envs import env_family, make_vec_env
+from ppo_lab.io.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
+from ppo_lab.io.sinks import SinkContext, build_sinks
+from ppo_lab.policies import build_network
+from ppo_lab.training.callbacks import Callback
+from ppo_lab.training.runtime import resolve_device, resolve_torch_threads, seed_everything
+from ppo_lab.training.trainer import Trainer, TrainingDiverged, TrainingInterrupted
 
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu.
-
-    Raises:
-        ConfigError: ``cuda`` asked for but not available.
-    """
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name!r} but CUDA is not available here; allowed: device=cpu or device=auto")
-    return torch.device(name)
-
-
-def build_network(cfg: TrainConfig, envs: Any, device: torch.device) -> ActorCritic:
-    """Hydra-instantiate ``cfg.network`` (its ``_target_``) for the spaces of ``envs``.
-
-    Raises:
-        ConfigError: the action type or network kind does not fit the env.
-    """
-    check_action_type(envs.single_action_space, cfg.action.type)
-    check_network_fits(envs.single_observation_space, cfg.network.kind)
-    return instantiate(
-        OmegaConf.structured(cfg.network),
-        observation_space=envs.single_observation_space,
-        action_space=envs.single_action_space,
-        action_type=cfg.action.type,
-        log_std_init=cfg.action.log_std_init,
-        _convert_="all",
-    ).to(device)
-
-
-def resolve_torch_threads(cfg: TrainConfig) -> int:
-    """The torch intra-op thread count of a run: ``cfg.torch_threads`` when set, else 1 for MLP
-    networks and the number of CPU cores this process may use for CNNs (issue #8)."""
-    if cfg.torch_threads is not None:
-        return cfg.torch_threads
-    if cfg.network.kind != "cnn":
-        return 1
-    # Cores this process may run on (taskset / SLURM / cgroup cpusets); not on macOS or Windows.
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def seed_everything(seed: int, torch_threads: int, deterministic: bool) -> None:
-    """Seed python, numpy and torch; set torch's thread count."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    torch.set_num_threads(torch_threads)
-    torch.backends.cudnn.deterministic = deterministic
+#: The config groups of ``conf/`` (a resumed run keeps its own choice of each).
+GROUPS = ("env", "agent", "network", "action", "logger", "callbacks", "debug", "experiment", "hparams_search")
 
 
 def resolved_config(cfg: DictConfig, overrides: Optional[list[str]] = None) -> dict[str, Any]:
@@ -102,6 +56,26 @@ def sweep_group(sweep_dir: str | Path) -> str:
     return f"sweep_{path.parent.name}_{path.name}"
 
 
+def build_callbacks(nodes: dict[str, dict[str, Any]]) -> dict[str, Callback]:
+    """One callback per ``callbacks`` node (Hydra-instantiated), in order.
+
+    Raises:
+        ConfigError: a node cannot be built, or lacks a hook (naming ``callbacks.<key>``).
+    """
+    built = {}
+    for key, node in nodes.items():
+        callback = instantiate_node(f"callbacks.{key}", node)
+        missing = [h for h in ("on_training_start", "on_update_end", "on_eval_end", "on_training_end")
+                   if not callable(getattr(callback, h, None))]
+        if missing:
+            raise ConfigError(
+                f"callbacks.{key}: {node['_target_']} lacks {', '.join(missing)}; allowed: a subclass "
+                "of ppo_lab.training.callbacks.Callback"
+            )
+        built[key] = callback
+    return built
+
+
 def train(
     cfg: DictConfig,
     run_dir: str | Path,
@@ -127,8 +101,8 @@ def train(
     if cfg.get("resume"):
         ckpt = find_checkpoint(cfg.resume, latest=True)
         resume_state = load_checkpoint(ckpt)
-        cfg = resume_config(resume_state, cfg.resume, overrides or [])
         run_dir = run_dir_of(ckpt)
+        cfg = resume_config(resume_state, cfg.resume, overrides or [], run_dir)
         print(f"resuming {run_dir} from {ckpt.name} (update {resume_state['iteration']}, "
               f"global_step {resume_state['global_step']})", file=sys.stderr)
     typed = to_typed(cfg)
@@ -138,57 +112,57 @@ def train(
     # run's config, so a resume elsewhere (another core count) uses the same one.
     typed.torch_threads = cfg.torch_threads = resolve_torch_threads(typed)
     run_config = resolved_config(cfg, overrides)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if resume_state is None:
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
     seed_everything(typed.seed, typed.torch_threads, typed.torch_deterministic)
     device = resolve_device(typed.device)
 
-    # 1. Environment.
+    # 1. Environment (its family decides whether its state can be checkpointed exactly).
+    family = env_family(typed.env)
     envs = make_vec_env(typed.env, typed.agent.num_envs, typed.agent.gamma)
+    sinks = None
     try:
-        # 2. Network (Hydra instantiates network.yaml's _target_).
+        # 2. Network (Hydra instantiates network._target_), checked against the protocol.
         network = build_network(typed, envs, device)
         if resume_state is not None:
             check_compatible(resume_state, network, typed.resume)
-        # 3. Loggers.
-        sinks: list[Any] = [JsonlLogger(run_dir)]
-        if typed.logger.tensorboard:
-            sinks.append(TensorBoardLogger(run_dir))
-        if typed.logger.kind == "wandb":
-            name = run_name(typed, overrides)
-            group = sweep_group(sweep_dir) if sweep_dir else name
-            run_id = None
-            if resume_state is not None:  # continue the same W&B run, under its own name and group
-                run_id = resume_state.get("wandb_run_id")
-                name = resume_state.get("wandb_name") or name
-                group = resume_state.get("wandb_group") or group
-            tags = [typed.env.id] + (["sweep"] if sweep_dir else [])
-            sinks.append(WandbLogger(typed.logger, run_dir, run_config, name, group=group,
-                                     run_id=run_id, tags=tags))
-        loggers = Loggers(sinks)
+        # 3. Callbacks, before anything is written: a bad one fails first.
+        callbacks = build_callbacks(typed.callbacks)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_state is None:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(run_config)))
+        # 4. Sinks: metrics.jsonl always, then each logger node (W&B continues its run on resume).
+        name = run_name(typed, overrides)
+        context = SinkContext(run_dir=run_dir, run_config=run_config, name=name,
+                              group=sweep_group(sweep_dir) if sweep_dir else name,
+                              tags=[typed.env.id] + (["sweep"] if sweep_dir else []))
+        sinks = build_sinks(typed.logger, context, resume=(resume_state or {}).get("sinks") or legacy_sink_state(resume_state))
     except BaseException:
         envs.close()
         raise
-    # 4. Trainer (Hydra instantiates trainer._target_), then fit. Loggers always finish.
+    # 5. Trainer, then fit. Sinks always finish.
     exit_code = 1
     try:
-        make_trainer = instantiate(OmegaConf.structured(typed.trainer), _partial_=True)
-        trainer = make_trainer(cfg=typed, envs=envs, network=network, loggers=loggers,
-                               run_dir=run_dir, device=device, run_config=run_config,
-                               resume_state=resume_state)
+        trainer = Trainer(typed, envs, network, sinks, run_dir, device, run_config, callbacks=callbacks,
+                          exact_env_state=family.exact_state, resume_state=resume_state)
         result = trainer.fit()
         exit_code = 0
         return result
     finally:
         try:
-            loggers.finish(exit_code)
-        except Exception:  # never let a logger's close hide the error that ended training
+            sinks.finish(exit_code)
+        except Exception:  # never let a sink's close hide the error that ended training
             if exit_code == 0:
                 raise
-            logging.getLogger("ppo_lab").exception("closing the loggers failed")
+            logging.getLogger("ppo_lab").exception("closing the sinks failed")
         finally:
             envs.close()
+
+
+def legacy_sink_state(state: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
+    """The W&B run of a checkpoint written before sinks kept their own state."""
+    if not state or not state.get("wandb_run_id"):
+        return None
+    return {"wandb": {"run_id": state["wandb_run_id"], "name": state.get("wandb_name"),
+                      "group": state.get("wandb_group")}}
 
 
 def check_run_dir_args(args: list[str]) -> None:
@@ -220,26 +194,65 @@ def saved_config(state: dict[str, Any]) -> DictConfig:
     return saved
 
 
-def resume_config(state: dict[str, Any], resume: str, overrides: list[str]) -> DictConfig:
+def run_choices(run_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The config-group choices a run was trained with: Hydra's record
+    (``<run dir>/.hydra/hydra.yaml``, ``runtime.choices``), else its saved ``group=option``
+    overrides."""
+    hydra_yaml = Path(run_dir) / ".hydra" / "hydra.yaml"
+    if hydra_yaml.is_file():
+        choices = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
+        if choices:
+            return {k: v for k, v in choices.items() if not str(k).startswith("hydra")}
+    saved = state.get("config", {}).get("overrides", []) or []
+    return dict(o.split("=", 1) for o in saved if "=" in o and o.split("=")[0] in GROUPS)
+
+
+def resume_config(state: dict[str, Any], resume: str, overrides: list[str], run_dir: Optional[Path] = None) -> DictConfig:
     """The config to continue a run with: the run's saved config, plus the command line's
-    ``key.path=value`` overrides (e.g. ``total_timesteps=200000`` to extend it).
+    ``key.path=value`` overrides (e.g. ``total_timesteps=200000`` to extend it). A group choice
+    that repeats the run's own (``logger=none`` for a run trained with it) is accepted.
 
     Raises:
-        ConfigError: an override selects a config group (``env=...``): a resumed run keeps its own.
+        ConfigError: an override changes a config group (``env=...``) or deletes a key: a
+            resumed run keeps its own.
     """
-    saved = saved_config(state)
+    saved = migrate(saved_config(state))
     extra = [o for o in overrides if not o.startswith(("resume=", "hydra."))]
-    groups = {"env", "agent", "network", "action", "logger", "debug", "experiment", "hparams_search"}
-    bad = [o for o in extra if o.split("=")[0].lstrip("+~") in groups or o.startswith("~")]
+    choices = run_choices(run_dir, state) if run_dir is not None else {}
+
+    def changes_group(o: str) -> bool:
+        key, _, value = o.partition("=")
+        group = key.lstrip("+~")
+        if o.startswith("~"):
+            return True
+        return group in GROUPS and str(choices.get(group)) != value
+
+    bad = [o for o in extra if changes_group(o)]
     if bad:
         raise ConfigError(
             f"resume={resume}: overrides {bad} cannot change a resumed run (group choices and "
             "deletions); allowed: key=value overrides such as total_timesteps=200000"
+            + (f", or the run's own choices ({', '.join(f'{k}={v}' for k, v in choices.items() if k in GROUPS)})" if choices else "")
         )
-    extra = [o.lstrip("+") for o in extra]
+    extra = [o.lstrip("+") for o in extra if o.split("=")[0].lstrip("+") not in GROUPS]
     merged = OmegaConf.merge(saved, OmegaConf.from_dotlist(extra)) if extra else saved
     merged.resume = str(resume)
     return merged
+
+
+def resume_run_dir_args(args: list[str]) -> list[str]:
+    """``hydra.run.dir=<the run's dir>`` and ``hydra.output_subdir=null`` for ``resume=<dir>``,
+    so Hydra neither makes a stray ``outputs/<date>/<time>`` dir nor rewrites the run's own
+    ``.hydra/`` record; nothing when the run dir is given or the path is bad (train reports it).
+    """
+    given = dict(a.split("=", 1) for a in args if "=" in a and not a.startswith("-"))
+    if not given.get("resume") or "hydra.run.dir" in given or "-m" in args or "--multirun" in args:
+        return []
+    try:
+        run_dir = run_dir_of(find_checkpoint(given["resume"], latest=True))
+    except CheckpointError:
+        return []
+    return [f"hydra.run.dir={run_dir}", "hydra.output_subdir=null"]
 
 
 def check_compatible(state: dict[str, Any], network: torch.nn.Module, source: Any) -> None:
@@ -265,9 +278,6 @@ def main_guard(fn: Any, *args: Any, **kwargs: Any) -> Any:
     """Run ``fn``; turn a :class:`ConfigError` or ``CheckpointError`` into one line on stderr and
     exit status 2 (no traceback), a divergence into its message and status 1, and an interrupt
     (SIGTERM/SIGINT, checkpoint saved) into its message and status 130."""
-    from ppo_lab.checkpoint import CheckpointError
-    from ppo_lab.trainer import TrainingDiverged, TrainingInterrupted
-
     try:
         return fn(*args, **kwargs)
     except (ConfigError, CheckpointError) as exc:

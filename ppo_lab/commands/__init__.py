@@ -1,0 +1,1 @@
+"""What ``train.py``, ``evaluate.py`` and ``python -m ppo_lab.<x>`` run: wiring only."""

@@ -1,0 +1,83 @@
+"""Torch building blocks of the policies: orthogonal init, the MLP trunk, the Nature CNN trunk.
+
+Initialization follows the 37 implementation details of PPO (Huang et al. 2022), detail 2:
+orthogonal weights with gain sqrt(2) on hidden layers; zero biases. Image observations arrive as
+uint8 ``(B, C, H, W)`` and are scaled by 1/255 inside the CNN (Atari detail 9), so the rollout
+buffer can store uint8.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
+    """Orthogonal weight init with ``gain`` and constant bias (37 details, detail 2)."""
+    nn.init.orthogonal_(layer.weight, gain)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+#: The MLP's activations by name (``network.activation``).
+TORCH_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class MLP(nn.Module):
+    """Hidden layers of an MLP: ``(B, *obs_shape)`` flattened to ``(B, in_dim)`` ->
+    ``(B, hidden_sizes[-1])``, each layer followed by the activation. Integer observations
+    (a non-image uint8 ``Box``, say) enter as their float32 values, unscaled (as SB3's
+    ``preprocess_obs`` does for non-image boxes); ``env.normalize_obs=true`` scales them.
+
+    The forward pass calls ``F.linear`` on the layers' own parameters instead of calling each
+    submodule: on the tiny networks of classic control, module-call overhead is a large share of
+    the rollout's per-step cost (issue #8). Parameters, init and ``state_dict`` are the usual ones.
+    """
+
+    def __init__(self, in_dim: int, hidden_sizes: Sequence[int], activation: str) -> None:
+        super().__init__()
+        layers = []
+        for width in hidden_sizes:
+            layers.append(layer_init(nn.Linear(in_dim, width)))
+            in_dim = width
+        self.layers = nn.ModuleList(layers)
+        #: The activation's name: the numpy fast path (``FusedMLPPolicy``) reads it from here.
+        self.activation_name = activation
+        self.activation = TORCH_ACTIVATIONS[activation]
+
+    def forward(self, obs: Tensor) -> Tensor:
+        x = obs.flatten(1) if obs.dim() > 2 else obs
+        if not x.is_floating_point():  # e.g. uint8 RAM or byte features: their values, as float32
+            x = x.float()
+        for layer in self.layers:
+            x = self.activation(F.linear(x, layer.weight, layer.bias))
+        return x
+
+
+class NatureCNN(nn.Module):
+    """Nature DQN trunk (Mnih et al. 2015): uint8 ``(B, C, 84, 84)`` -> ``(B, hidden)`` features.
+
+    Pixels are scaled by 1/255 here, so observations stay uint8 until they reach the network.
+    """
+
+    def __init__(self, in_channels: int, screen: tuple[int, int], hidden: int = 512) -> None:
+        super().__init__()
+        self.convs = nn.Sequential(
+            layer_init(nn.Conv2d(in_channels, 32, 8, stride=4)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(32, 64, 4, stride=2)),
+            nn.ReLU(),
+            layer_init(nn.Conv2d(64, 64, 3, stride=1)),
+            nn.ReLU(),
+            nn.Flatten(),
+        )
+        with torch.no_grad():
+            n_flat = self.convs(torch.zeros(1, in_channels, *screen)).shape[1]
+        self.fc = nn.Sequential(layer_init(nn.Linear(n_flat, hidden)), nn.ReLU())
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.fc(self.convs(obs.float() / 255.0))

@@ -1,0 +1,166 @@
+"""The protocol of an actor-critic network: what the trainer, the rollout and evaluation call.
+
+This is the one place it is written down. A user's network (``network._target_=<module>.<Class>``)
+meets it most simply by subclassing :class:`ActorCriticBase` and writing ``__init__`` and
+``forward``; :func:`check_network` refuses one that does not, before training, naming what is
+missing.
+
+Constructor: ``Class(observation_space, action_space, action_type, log_std_init, **kwargs)``,
+the spaces of one (not batched) env, ``action_type`` an :class:`~ppo_lab.config.ActionType`,
+``log_std_init`` a float (continuous actions), and the node's other keys as ``kwargs``.
+
+Attributes and methods (``B`` is the batch size; observations are the env's, as tensors: uint8
+pixels stay uint8, everything else float32):
+
+* ``forward(obs) -> (dist_params, value)``: ``obs`` ``(B, *obs_shape)``; ``dist_params``
+  float ``(B, n)`` logits (``Discrete(n)``; for ``MultiDiscrete`` the components' logits side by
+  side, ``sum(nvec)``) or ``(B, d)`` means (``Box(d,)``); ``value`` float ``(B,)``.
+* ``evaluate_actions(obs, actions) -> (log_prob, entropy, value)``, each float ``(B,)``, for
+  stored ``actions`` ``(B,)`` int64, ``(B, k)`` int64 or ``(B, d)`` float32: the loss's inputs.
+* ``inference_policy() -> InferencePolicy``: a numpy-in, numpy-out acting policy of the current
+  weights (``policies/inference.py``), taken once per rollout and per evaluation.
+* ``after_optimizer_step() -> None``: called after every optimizer step (the base class keeps
+  the log std inside its clamp, where it has gradient).
+* ``policy_stats() -> dict[str, float]``: extra ``train/`` statistics (``action_std``,
+  ``log_std_min``, ``log_std_max`` for Gaussian policies), read by the diagnostics.
+* ``continuous: bool`` and ``dist``: the action distribution (``policies/distributions.py``).
+"""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ppo_lab.config import ActionType, ConfigError
+from ppo_lab.policies.distributions import LOG_STD_MAX, LOG_STD_MIN, Categorical, DiagGaussian, MultiCategorical
+
+#: The methods and attributes every network must have (see the module docstring).
+REQUIRED = ("forward", "evaluate_actions", "inference_policy", "after_optimizer_step", "policy_stats",
+            "continuous", "dist", "parameters", "state_dict", "load_state_dict")
+
+
+class ActorCriticBase(nn.Module):
+    """What every actor-critic shares: the action distribution chosen from the action space, the
+    state-independent log std of Gaussian policies (37 details, continuous detail 2), log-probs
+    and entropies of stored actions, and acting through the torch forward. Subclasses write
+    ``forward``.
+
+    Args:
+        observation_space: the single env's observation space.
+        action_space: ``Discrete``, ``MultiDiscrete`` with a 1-D ``nvec``, or a 1-D ``Box``.
+        action_type: the configured action type; must match ``action_space``.
+        log_std_init: initial log std (continuous only).
+
+    Attributes:
+        action_dim: width of ``dist_params`` that ``forward`` must return.
+
+    Raises:
+        ConfigError: the action type does not fit the action space.
+    """
+
+    def __init__(
+        self,
+        observation_space: gym.Space,
+        action_space: gym.Space,
+        action_type: ActionType = ActionType.discrete,
+        log_std_init: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_action_type(action_space, action_type)
+        self.observation_space, self.action_space = observation_space, action_space
+        self.continuous = action_type is ActionType.continuous
+        if self.continuous:
+            self.action_dim = int(np.prod(action_space.shape))
+            self.dist = DiagGaussian()
+            self.log_std = nn.Parameter(torch.full((self.action_dim,), float(log_std_init)))
+        elif isinstance(action_space, gym.spaces.MultiDiscrete):
+            self.action_dim = int(np.sum(action_space.nvec))
+            self.dist = MultiCategorical(list(action_space.nvec.reshape(-1)))
+        else:
+            self.action_dim = int(action_space.n)
+            self.dist = Categorical()
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - the subclass's
+        raise NotImplementedError
+
+    def clamped_log_std(self) -> Tensor:
+        """``(d,)`` log std clamped to [LOG_STD_MIN, LOG_STD_MAX] (continuous only)."""
+        return self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
+
+    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under the current policy."""
+        params, value = self(obs)
+        if self.continuous:
+            logp, ent = self.dist.log_prob_entropy(params, self.clamped_log_std(), actions)
+        else:
+            logp, ent = self.dist.log_prob_entropy(params, actions)
+        return logp, ent, value
+
+    def inference_policy(self) -> "InferencePolicy":  # noqa: F821 - imported lazily below
+        """The torch forward behind the numpy acting interface (:class:`NetworkPolicy`)."""
+        from ppo_lab.policies.inference import NetworkPolicy
+
+        return NetworkPolicy(self)
+
+    def after_optimizer_step(self) -> None:
+        """Keep the log std inside its clamp, where it still has gradient (continuous only)."""
+        if self.continuous:
+            with torch.no_grad():
+                self.log_std.clamp_(LOG_STD_MIN, LOG_STD_MAX)
+
+    def policy_stats(self) -> dict[str, float]:
+        """``action_std`` (mean), ``log_std_min``, ``log_std_max`` for Gaussian policies; {} otherwise."""
+        if not self.continuous:
+            return {}
+        ls = self.log_std.detach()
+        return {"action_std": float(self.clamped_log_std().detach().exp().mean()),
+                "log_std_min": float(ls.min()), "log_std_max": float(ls.max())}
+
+
+def check_network(network: object, target: str) -> None:
+    """Refuse a network that does not meet the protocol, naming what it lacks.
+
+    Raises:
+        ConfigError: e.g. ``network._target_=mymod.Net does not meet the network protocol: missing
+            evaluate_actions, inference_policy ...``.
+    """
+    missing = [name for name in REQUIRED if not hasattr(network, name)]
+    if not isinstance(network, nn.Module):
+        missing.insert(0, "torch.nn.Module base class")
+    if missing:
+        raise ConfigError(
+            f"network._target_={target} does not meet the network protocol (ppo_lab/policies/protocol.py): "
+            f"missing {', '.join(missing)}; subclass ppo_lab.policies.ActorCriticBase and write forward()"
+        )
+
+
+def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
+    """Raise :class:`ConfigError` unless ``action_type`` fits ``action_space``: Discrete or
+    MultiDiscrete with a 1-D ``nvec`` for ``discrete``, a 1-D Box for ``continuous`` (the rollout
+    buffer and the samplers hold actions as ``(B,)``, ``(B, k)`` or ``(B, d)``)."""
+    if isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        actual = ActionType.discrete
+        if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim != 1:
+            raise ConfigError(
+                f"action space {action_space} has nvec of shape {action_space.nvec.shape}; allowed: "
+                "Discrete, or MultiDiscrete with a 1-D nvec"
+            )
+    elif isinstance(action_space, gym.spaces.Box):
+        actual = ActionType.continuous
+        if len(action_space.shape) != 1:
+            raise ConfigError(
+                f"action space {action_space} has shape {action_space.shape}; allowed: a 1-D Box "
+                "(action=continuous with shape (d,))"
+            )
+    else:
+        raise ConfigError(
+            f"action space {action_space} is not supported; allowed: Discrete or MultiDiscrete "
+            "(action=discrete), Box (action=continuous)"
+        )
+    if actual is not action_type:
+        raise ConfigError(
+            f"action={action_type.value} does not fit the env's action space {action_space}; "
+            f"allowed: action={actual.value}"
+        )

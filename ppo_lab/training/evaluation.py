@@ -1,0 +1,65 @@
+"""Policy evaluation: whole episodes with frozen normalization statistics, seeded per episode."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from ppo_lab.config import EnvConfig
+from ppo_lab.envs import completed_episodes, eval_env_config, load_normalization_state, make_vec_env
+from ppo_lab.policies.distributions import action_rng
+from ppo_lab.policies.inference import InferencePolicy
+
+
+def evaluate_policy(
+    policy: InferencePolicy,
+    env_cfg: EnvConfig,
+    episodes: int,
+    seed: int,
+    deterministic: bool = True,
+    normalization: Optional[dict[str, Any]] = None,
+    max_steps: int = 1_000_000,
+    video_dir: Optional[str] = None,
+) -> list[tuple[float, int]]:
+    """Run ``episodes`` episodes, one per parallel env, env k reset with seed ``seed + k``.
+
+    Args:
+        policy: the acting policy (``network.inference_policy()``: a snapshot of the weights).
+        env_cfg: env config (the same wrappers as in training).
+        episodes: number of episodes.
+        seed: base seed.
+        deterministic: mode / mean action (True) or sampled actions (False).
+        normalization: saved normalization statistics (``envs.normalization_state``), loaded
+            frozen into the eval env.
+        max_steps: safety cap on vector steps.
+        video_dir: record the first episode there (gymnasium ``RecordVideo``).
+
+    Returns:
+        ``[(episodic_return, episodic_length)] * episodes``: the raw (unnormalized, unclipped,
+        whole-game for Atari) return and the length in env steps.
+
+    Raises:
+        RuntimeError: some episode did not end within ``max_steps``.
+    """
+    envs = make_vec_env(eval_env_config(env_cfg), episodes,
+                        render_mode="rgb_array" if video_dir else None, video_dir=video_dir)
+    try:
+        if normalization:
+            load_normalization_state(envs, normalization, freeze=True)
+        obs, _ = envs.reset(seed=seed)
+        results: list[Optional[tuple[float, int]]] = [None] * episodes
+        rng = action_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
+        for _ in range(max_steps):
+            action, _, _ = policy.act(obs, rng, deterministic)
+            obs, _, _, _, infos = envs.step(action)
+            for i, ret, length in completed_episodes(infos):
+                if results[i] is None:
+                    results[i] = (ret, length)
+            if all(r is not None for r in results):
+                break
+    finally:
+        envs.close()
+    if any(r is None for r in results):
+        raise RuntimeError(f"evaluation: an episode did not end within {max_steps} steps")
+    return results  # type: ignore[return-value]
+
+

@@ -1,0 +1,67 @@
+"""The process a run trains in: device, torch threads, global seeds and their checkpointed state."""
+
+from __future__ import annotations
+
+import os
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from ppo_lab.config import ConfigError, NetworkConfig, TrainConfig
+from ppo_lab.io.checkpoint import torch_from_numpy
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu. (CUDA code paths are not exercised on the
+    project's CPU-only CI machines.)
+
+    Raises:
+        ConfigError: ``cuda`` asked for but not available.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name!r} but CUDA is not available here; allowed: device=cpu or device=auto")
+    return torch.device(name)
+
+
+def resolve_torch_threads(cfg: TrainConfig) -> int:
+    """The torch intra-op thread count of a run: ``cfg.torch_threads`` when set, else 1 for the
+    project's MLP networks (per-op overhead dominates) and the number of CPU cores this process
+    may use for CNNs and user networks."""
+    if cfg.torch_threads is not None:
+        return cfg.torch_threads
+    if isinstance(cfg.network, NetworkConfig) and cfg.network.kind == "mlp":
+        return 1
+    # Cores this process may run on (taskset / SLURM / cgroup cpusets); not on macOS or Windows.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def seed_everything(seed: int, torch_threads: int, deterministic: bool) -> None:
+    """Seed python, numpy and torch; set torch's thread count."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.set_num_threads(torch_threads)
+    torch.backends.cudnn.deterministic = deterministic
+
+
+class GlobalRNG:
+    """The process-wide generators (python ``random``, numpy's legacy global, torch's CPU) as a
+    checkpoint component; torch's draws the minibatch permutations."""
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "python": random.getstate(),
+            "numpy": [np_state[0], torch_from_numpy(np_state[1]), *np_state[2:]],
+            "torch": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        random.setstate(state["python"])
+        np_state = state["numpy"]
+        np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
+        torch.set_rng_state(state["torch"])
