@@ -202,7 +202,7 @@ def run_choices(run_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
     if hydra_yaml.is_file():
         choices = (yaml.safe_load(hydra_yaml.read_text()) or {}).get("hydra", {}).get("runtime", {}).get("choices", {})
         if choices:
-            return {k: v for k, v in choices.items() if not str(k).startswith("hydra")}
+            return {k: v for k, v in choices.items() if not str(k).startswith("hydra") and v is not None}
     saved = state.get("config", {}).get("overrides", []) or []
     return dict(o.split("=", 1) for o in saved if "=" in o and o.split("=")[0] in GROUPS)
 

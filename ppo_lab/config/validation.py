@@ -5,6 +5,7 @@ ranges and cross-field rules, each error naming the key, its value and what is a
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import Any
 
@@ -19,7 +20,7 @@ from ppo_lab.config.schema import (
     NetworkConfig,
     TrainConfig,
 )
-from ppo_lab.config.targets import check_node, did_you_mean
+from ppo_lab.config.targets import check_node, did_you_mean, import_target
 
 
 def validate_evaluate(cfg: EvaluateConfig) -> None:
@@ -200,10 +201,6 @@ def user_network_node(node: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ConfigError: the target cannot be imported.
     """
-    import inspect
-
-    from ppo_lab.config.targets import import_target
-
     target = import_target("network._target_", node["_target_"])
     try:
         params = inspect.signature(target).parameters

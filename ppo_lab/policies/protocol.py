@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from ppo_lab.config import ActionType, ConfigError
 from ppo_lab.policies.distributions import LOG_STD_MAX, LOG_STD_MIN, Categorical, DiagGaussian, MultiCategorical
+from ppo_lab.policies.inference import InferencePolicy, NetworkPolicy
 
 #: The methods and attributes every network must have (see the module docstring).
 REQUIRED = ("forward", "evaluate_actions", "inference_policy", "after_optimizer_step", "policy_stats",
@@ -98,10 +99,8 @@ class ActorCriticBase(nn.Module):
             logp, ent = self.dist.log_prob_entropy(params, actions)
         return logp, ent, value
 
-    def inference_policy(self) -> "InferencePolicy":  # noqa: F821 - imported lazily below
+    def inference_policy(self) -> InferencePolicy:
         """The torch forward behind the numpy acting interface (:class:`NetworkPolicy`)."""
-        from ppo_lab.policies.inference import NetworkPolicy
-
         return NetworkPolicy(self)
 
     def after_optimizer_step(self) -> None:

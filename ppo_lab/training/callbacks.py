@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional
 from ppo_lab.config import ConfigError, TrainConfig
 from ppo_lab.io.sinks import Video
 from ppo_lab.policies.inference import InferencePolicy
+from ppo_lab.training.evaluation import evaluate_policy
 
 
 @dataclass
@@ -151,8 +152,6 @@ class RecordEvalVideo(Callback):
             self._record(run)
 
     def _record(self, run: RunView) -> None:
-        from ppo_lab.training.evaluation import evaluate_policy
-
         video_dir = Path(run.run_dir) / "videos" / f"update_{run.iteration:06d}"
         (ret, length), = evaluate_policy(run.policy(), run.cfg.env, 1, run.cfg.eval_seed, True,
                                          run.normalization(), max_steps=self.max_steps,
