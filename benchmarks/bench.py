@@ -440,7 +440,7 @@ def atari_memory(workdir: Path) -> dict[str, Any]:
 
     Returns:
         ``peak_rss_kib`` (KiB), ``process_wall_s`` (seconds), ``returncode``, and
-        ``obs_buffer_bytes`` = 8 x 128 x 4 x 84 x 84 (uint8, as allocated in ppo_lab/rollout.py).
+        ``obs_buffer_bytes`` = 8 x 128 x 4 x 84 x 84 (uint8, as allocated in ppo_lab/training/rollout.py).
     """
     run_dir = Path(tempfile.mkdtemp(prefix="atari_", dir=workdir))
     overrides = ["env=breakout", "total_timesteps=2048", "logger=none", "progress=false",
