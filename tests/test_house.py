@@ -9,7 +9,7 @@ PACKAGE = ROOT / "ppo_lab"
 
 #: Rooms and their floors: a module may import only its own room or rooms on lower floors
 #: (style guide: commands -> training -> (policies, algo, envs, io) -> config).
-FLOORS = {"config": 0, "algo": 1, "io": 1, "policies": 2, "envs": 2, "training": 3, "commands": 4}
+FLOORS = {"config": 0, "algo": 1, "io": 1, "policies": 2, "envs": 2, "training": 3, "commands": 4, "api": 5}
 
 
 def module_name(path: Path) -> str:

@@ -6,6 +6,7 @@ from ppo_lab.envs.factory import (
     completed_episodes,
     env_family,
     eval_env_config,
+    make_env,
     make_vec_env,
     resolve_env_id,
 )
@@ -22,6 +23,6 @@ from ppo_lab.envs.atari import sign_reward, wrap_atari, wrap_atari_game
 __all__ = [
     "EnvFamily", "EnvStateSnapshot", "NormalizationStats", "check_env", "completed_episodes",
     "env_family", "env_state", "eval_env_config", "load_env_state", "load_normalization_state",
-    "make_vec_env", "normalization_from_tensors", "normalization_state", "normalization_to_tensors",
+    "make_env", "make_vec_env", "normalization_from_tensors", "normalization_state", "normalization_to_tensors",
     "resolve_env_id", "sign_reward", "wrap_atari", "wrap_atari_game",
 ]

@@ -198,6 +198,18 @@ def _env_fn(
     return thunk
 
 
+def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
+    """One env as training builds each of its envs: ``gymnasium.make``, the family's wrappers and
+    the user's ``env.wrappers`` (stack: module docstring), without the vector-level wrappers
+    (action clipping, normalization), which ``Agent.predict`` applies itself.
+
+    Raises:
+        ConfigError: as :func:`check_env`.
+    """
+    check_env(cfg).close()
+    return _env_fn(cfg, env_family(cfg), render_mode)()
+
+
 def make_vec_env(
     cfg: EnvConfig,
     num_envs: int,

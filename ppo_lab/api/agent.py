@@ -1,0 +1,146 @@
+"""A trained agent outside the trainer: ``ppo_lab.load(path).predict(obs)``, SB3-style."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from ppo_lab.commands.train import check_compatible, saved_config
+from ppo_lab.config import ConfigError, TrainConfig, to_typed
+from ppo_lab.envs import make_env, make_vec_env, normalization_from_tensors
+from ppo_lab.io.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
+from ppo_lab.policies import build_network
+from ppo_lab.policies.distributions import action_rng
+from ppo_lab.training.evaluation import evaluate_policy
+from ppo_lab.training.runtime import resolve_device
+
+#: NormalizeObservation's epsilon (gymnasium's default, which training uses).
+OBS_EPSILON = 1e-8
+
+
+class Agent:
+    """A trained policy with its run's config and frozen normalization statistics.
+
+    Built by :func:`load`. Attributes: ``cfg`` (the run's :class:`TrainConfig`), ``checkpoint``
+    (the file loaded), ``run_dir``, ``global_step`` (env steps it was trained for), ``network``.
+    """
+
+    def __init__(self, network: torch.nn.Module, cfg: TrainConfig, normalization: dict[str, Any],
+                 checkpoint: Path, global_step: int) -> None:
+        self.network, self.cfg, self.normalization = network, cfg, normalization
+        self.checkpoint, self.run_dir, self.global_step = Path(checkpoint), run_dir_of(Path(checkpoint)), global_step
+        self.network.eval()
+        probe = make_env(cfg.env)
+        self.observation_space, self.action_space = probe.observation_space, probe.action_space
+        probe.close()
+        self._rng = action_rng(cfg.seed)
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        """``obs`` as the network saw it in training: the saved running mean/var applied (frozen)
+        and clipped to ``env.clip_obs``, exactly as gymnasium's ``NormalizeObservation`` did;
+        unchanged when the run did not normalize observations."""
+        stats = self.normalization.get("obs")
+        if stats is None:
+            return obs
+        normalized = ((obs - stats["mean"]) / np.sqrt(stats["var"] + OBS_EPSILON)).astype(np.float32)
+        return np.clip(normalized, -self.cfg.env.clip_obs, self.cfg.env.clip_obs)
+
+    def predict(
+        self,
+        obs: Any,
+        state: Optional[Any] = None,
+        episode_start: Optional[np.ndarray] = None,
+        deterministic: bool = True,
+        action_mask: Optional[np.ndarray] = None,
+    ) -> tuple[np.ndarray, Optional[Any]]:
+        """The action for one observation or a batch (SB3's ``predict`` signature).
+
+        Args:
+            obs: one raw observation, ``obs_shape`` (as ``make_env()`` returns it), or a batch
+                ``(B, *obs_shape)``; uint8 pixels or floats. The saved normalization is applied.
+            state: recurrent state; feed-forward policies take None and return None.
+            episode_start: ``(B,)`` bool, where episodes begin (used by recurrent policies only).
+            deterministic: the mode (argmax / mean) instead of a sample (drawn from the agent's
+                own generator, seeded with the run's seed).
+            action_mask: not supported yet (no masked policies); must be None.
+
+        Returns:
+            ``(action, state)``: ``action`` int64 ``()`` / ``(B,)`` (Discrete), ``(k,)`` /
+            ``(B, k)`` int64 (MultiDiscrete), or float32 ``(d,)`` / ``(B, d)`` clipped to the
+            action bounds as in training; ``state`` None.
+
+        Raises:
+            ValueError: an observation of the wrong shape, a recurrent ``state``, or a mask.
+        """
+        if action_mask is not None:
+            raise ValueError("action_mask is not supported: ppo_lab's policies have no action masking yet")
+        if state is not None:
+            raise ValueError("state must be None: this policy is feed-forward (it has no recurrent state)")
+        obs = np.asarray(obs)
+        shape = self.observation_space.shape
+        single = obs.shape == shape
+        if not single and obs.shape[1:] != shape:
+            raise ValueError(f"obs has shape {obs.shape}; allowed: {shape} (one) or (B, {', '.join(map(str, shape))}) (a batch)")
+        batch = self.normalize(obs[None] if single else obs)
+        action, _, _ = self.network.inference_policy().act(batch, self._rng, deterministic)
+        if isinstance(self.action_space, gym.spaces.Box):
+            action = np.clip(action, self.action_space.low, self.action_space.high)
+        return (action[0] if single else action), None
+
+    def make_env(self, render_mode: Optional[str] = None) -> gym.Env:
+        """The run's own env, with its family's and the user's wrappers; its observations are
+        raw (``predict`` normalizes them) and its actions are clipped by ``predict``."""
+        return make_env(self.cfg.env, render_mode=render_mode)
+
+    def evaluate(self, episodes: int = 10, seed: int = 10_000, deterministic: bool = True) -> dict[str, Any]:
+        """Episodes exactly as ``evaluate.py`` runs them for one seed: episode k reset with
+        ``seed + k``, normalization frozen.
+
+        Returns:
+            ``{"episodes": [{"seed", "return", "length"}], "mean_return", "std_return"}``.
+        """
+        results = evaluate_policy(self.network.inference_policy(), self.cfg.env, episodes, seed,
+                                  deterministic, self.normalization)
+        returns = np.array([r for r, _ in results])
+        return {"episodes": [{"seed": seed + k, "return": r, "length": n} for k, (r, n) in enumerate(results)],
+                "mean_return": float(returns.mean()), "std_return": float(returns.std())}
+
+
+def load(path: str | Path, device: str = "cpu", checkpoint: str = "final") -> Agent:
+    """Load a trained agent.
+
+    Args:
+        path: a run dir, its ``checkpoints/`` dir, or a checkpoint file.
+        device: ``cpu``, ``cuda`` or ``auto`` (CUDA is not exercised on the project's CI).
+        checkpoint: for a dir: ``final`` (``final.pt``, else the newest periodic one), ``best``
+            (``best.pt``) or ``latest`` (the most recently written).
+
+    Raises:
+        CheckpointError: the path or checkpoint does not exist, or is corrupt.
+        ConfigError: ``checkpoint`` is not one of the names above, or the saved config and
+            network do not fit (a checkpoint of another network).
+    """
+    path = Path(path)
+    if checkpoint not in ("final", "best", "latest"):
+        raise ConfigError(f"checkpoint={checkpoint!r} is not allowed: final, best or latest")
+    if path.is_dir() and checkpoint == "best":
+        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        ckpt = ckpt_dir / "best.pt"
+        if not ckpt.is_file():
+            raise CheckpointError(f"no best.pt in {ckpt_dir}")
+    else:
+        ckpt = find_checkpoint(path, latest=checkpoint == "latest")
+    state = load_checkpoint(ckpt)
+    cfg = to_typed(saved_config(state))
+    probe = make_vec_env(cfg.env, 1)
+    try:
+        network = build_network(cfg, probe, resolve_device(device))
+    finally:
+        probe.close()
+    check_compatible(state, network, ckpt)
+    network.load_state_dict(state["model"])
+    return Agent(network, cfg, normalization_from_tensors(state["normalization"]), ckpt, int(state["global_step"]))
