@@ -36,3 +36,17 @@ def test_override_examples_compose():
         if "-m" in args:
             args = [a.split(",")[0] for a in args if a != "-m"]
         to_typed(compose_cfg(args))
+
+
+def test_python_api_example_runs(tmp_path):
+    import subprocess
+    import sys
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1].split("\n## ", 1)[0]
+    code = re.findall(r"```python\n(.*?)```", section, flags=re.S)[0]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**__import__("os").environ, "WANDB_MODE": "offline"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.strip().splitlines()[-1]) < 0  # Pendulum returns are negative
+    assert list(tmp_path.glob("outputs/*/*/checkpoints/final.pt"))
