@@ -100,7 +100,8 @@ def test_imports_point_down_the_floors():
 
 def test_every_module_sits_in_a_room_and_the_package_never_imports_the_entry_scripts():
     top_level = sorted(p.name for p in PACKAGE.glob("*.py"))
-    assert top_level == ["__init__.py", "report.py"], top_level
+    # Beside the public API, only the thin `python -m ppo_lab.<command>` entry points.
+    assert set(top_level) <= {"__init__.py", "report.py", "export.py", "hub.py"}, top_level
     for path in PACKAGE.rglob("*.py"):
         imported = runtime_imports(path) | {
             a.name for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Import) for a in n.names}
