@@ -31,8 +31,9 @@ def _env_chain(envs: gym.vector.VectorEnv) -> list[Any]:
 
 
 def _to_plain(value: Any) -> Any:
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return torch_from_numpy(value)
+    if isinstance(value, np.ndarray):
+        # Numeric arrays only: constant tables such as FrozenLake's byte map are not state.
+        return torch_from_numpy(value) if value.dtype.kind in "biuf" else None
     if isinstance(value, (np.bool_, np.integer, np.floating)):
         return value.item()
     if isinstance(value, (bool, int, float)):

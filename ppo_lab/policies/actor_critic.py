@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import gymnasium as gym
-import numpy as np
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppo_lab.config import ActionType, ConfigError
+from ppo_lab.policies.encoders import image_chw, is_channels_last, is_image_space, vector_encoder
 from ppo_lab.policies.inference import FusedMLPPolicy, InferencePolicy
 from ppo_lab.policies.layers import MLP, NatureCNN, layer_init
 from ppo_lab.policies.protocol import ActorCriticBase
@@ -22,8 +22,9 @@ class ActorCritic(ActorCriticBase):
     """Policy and value function for one observation and action space.
 
     Args:
-        observation_space: ``Box`` of the single (not batched) env. ``kind="mlp"`` flattens it;
-            ``kind="cnn"`` expects ``(C, H, W)`` uint8 frames.
+        observation_space: of the single (not batched) env. ``kind="mlp"``: a vector ``Box``
+            (flattened), ``Discrete`` / ``MultiDiscrete`` (one-hot) or ``MultiBinary``;
+            ``kind="cnn"``: uint8 frames, ``(C, H, W)`` or ``(H, W, C)`` (``policies/encoders.py``).
         action_space: ``Discrete`` (Categorical policy), ``MultiDiscrete`` (one Categorical per
             component) or ``Box`` (diagonal Gaussian with state-independent log std; 37 details,
             continuous detail 2).
@@ -54,11 +55,15 @@ class ActorCritic(ActorCriticBase):
         check_network_fits(observation_space, kind)
         self.shared = shared
 
+        # One-hot / bit encoders have no parameters, so the state_dict keys stay the trunks' and heads'.
+        self.encoder, in_dim = (None, 0) if kind == "cnn" else vector_encoder(observation_space)
+
         def trunk() -> tuple[nn.Module, int]:
             if kind == "cnn":
-                c, h, w = observation_space.shape
-                return NatureCNN(c, (h, w), hidden_sizes[-1]), hidden_sizes[-1]
-            return MLP(int(np.prod(observation_space.shape)), hidden_sizes, activation), hidden_sizes[-1]
+                c, h, w = image_chw(observation_space)
+                return (NatureCNN(c, (h, w), hidden_sizes[-1], channels_last=is_channels_last(observation_space)),
+                        hidden_sizes[-1])
+            return MLP(in_dim, hidden_sizes, activation), hidden_sizes[-1]
 
         self.actor_trunk, feat = trunk()
         self.critic_trunk = self.actor_trunk if shared else trunk()[0]
@@ -67,6 +72,8 @@ class ActorCritic(ActorCriticBase):
 
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """One fused pass: ``obs`` ``(B, *obs_shape)`` -> (logits ``(B, n)`` or mean ``(B, d)``, value ``(B,)``)."""
+        if self.encoder is not None:
+            obs = self.encoder(obs)
         actor_features = self.actor_trunk(obs)
         critic_features = actor_features if self.shared else self.critic_trunk(obs)
         head, vhead = self.policy_head, self.value_head
@@ -75,6 +82,8 @@ class ActorCritic(ActorCriticBase):
 
     def value(self, obs: Tensor) -> Tensor:
         """``(B,)`` state values V(s)."""
+        if self.encoder is not None:
+            obs = self.encoder(obs)
         vhead = self.value_head
         return F.linear(self.critic_trunk(obs), vhead.weight, vhead.bias).squeeze(-1)
 
@@ -85,19 +94,26 @@ class ActorCritic(ActorCriticBase):
 
         Take a new one after every parameter update: the MLP snapshot does not follow the weights.
         """
-        if isinstance(self.actor_trunk, MLP):
+        if isinstance(self.actor_trunk, MLP) and self.encoder is None:  # Box vectors only
             return FusedMLPPolicy(self)
         return super().inference_policy()
 
 
 def check_network_fits(observation_space: gym.Space, kind: str) -> None:
-    """Raise :class:`ConfigError` when ``kind`` cannot read ``observation_space``."""
+    """Raise :class:`ConfigError` when ``kind`` cannot read ``observation_space`` (the spaces
+    each kind reads: ``policies/encoders.py``)."""
     if not isinstance(observation_space, gym.spaces.Box):
-        raise ConfigError(f"observation space {observation_space} is not supported; allowed: Box")
-    is_image = len(observation_space.shape) == 3 and observation_space.dtype == np.uint8
+        vector_encoder(observation_space)  # refuses Dict / Tuple with the way out
+        if kind == "cnn":
+            raise ConfigError(
+                f"network.kind=cnn needs image observations, but the env gives {observation_space}; "
+                "allowed: network=mlp_shared or network=mlp_separate"
+            )
+        return
+    is_image = is_image_space(observation_space)
     if kind == "cnn" and not is_image:
         raise ConfigError(
-            f"network.kind=cnn needs image observations (C, H, W) uint8, but the env gives "
+            f"network.kind=cnn needs image observations (C, H, W) or (H, W, C) uint8, but the env gives "
             f"{observation_space.shape} {observation_space.dtype}; allowed: network=mlp_shared or "
             "network=mlp_separate"
         )

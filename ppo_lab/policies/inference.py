@@ -21,10 +21,15 @@ if TYPE_CHECKING:
 
 
 def obs_to_tensor(obs: np.ndarray, device: torch.device | str) -> Tensor:
-    """A batch of env observations as the network's input: uint8 pixels stay uint8, anything
-    else becomes float32 (MuJoCo v5 returns float64)."""
+    """A batch of env observations as the network's input: uint8 pixels stay uint8, other
+    integers (Discrete indices) become int64, anything else float32 (MuJoCo v5 returns float64)."""
     obs = np.asarray(obs)
-    dtype = torch.uint8 if obs.dtype == np.uint8 else torch.float32
+    if obs.dtype == np.uint8:
+        dtype = torch.uint8
+    elif np.issubdtype(obs.dtype, np.integer):
+        dtype = torch.int64
+    else:
+        dtype = torch.float32
     return torch.as_tensor(obs, dtype=dtype, device=device)
 
 

@@ -59,13 +59,17 @@ class MLP(nn.Module):
 
 
 class NatureCNN(nn.Module):
-    """Nature DQN trunk (Mnih et al. 2015): uint8 ``(B, C, 84, 84)`` -> ``(B, hidden)`` features.
+    """Nature DQN trunk (Mnih et al. 2015): uint8 ``(B, C, H, W)`` (or ``(B, H, W, C)`` with
+    ``channels_last``) -> ``(B, hidden)`` features.
 
     Pixels are scaled by 1/255 here, so observations stay uint8 until they reach the network.
     """
 
-    def __init__(self, in_channels: int, screen: tuple[int, int], hidden: int = 512) -> None:
+    def __init__(self, in_channels: int, screen: tuple[int, int], hidden: int = 512,
+                 channels_last: bool = False) -> None:
         super().__init__()
+        #: Frames arrive ``(B, H, W, C)`` and are permuted here (the buffer keeps the env's layout).
+        self.channels_last = channels_last
         self.convs = nn.Sequential(
             layer_init(nn.Conv2d(in_channels, 32, 8, stride=4)),
             nn.ReLU(),
@@ -80,4 +84,6 @@ class NatureCNN(nn.Module):
         self.fc = nn.Sequential(layer_init(nn.Linear(n_flat, hidden)), nn.ReLU())
 
     def forward(self, obs: Tensor) -> Tensor:
+        if self.channels_last:
+            obs = obs.permute(0, 3, 1, 2)
         return self.fc(self.convs(obs.float() / 255.0))

@@ -27,6 +27,7 @@ from torch import Tensor
 from ppo_lab.envs import completed_episodes
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
+from ppo_lab.policies.encoders import buffer_dtype
 
 
 @dataclass
@@ -36,7 +37,7 @@ class RolloutBuffer:
 
     Attributes:
         obs: ``(T, N, *obs_shape)`` observation each action was taken in: uint8 for pixels,
-            float32 otherwise.
+            int64 for Discrete / MultiDiscrete spaces, float32 otherwise (``encoders.buffer_dtype``).
         actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete) or ``(T, N, d)`` float32
             (the unclipped sampled actions).
         logprobs: ``(T, N)`` float32 log pi_old(a|s).
@@ -63,7 +64,7 @@ class RolloutBuffer:
         """Preallocate storage for ``num_steps`` steps of ``envs``."""
         n = envs.num_envs
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
-        obs_dtype = np.uint8 if obs_space.dtype == np.uint8 else np.float32
+        obs_dtype = buffer_dtype(obs_space)
         if isinstance(act_space, gym.spaces.Box):
             actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.float32)
         elif isinstance(act_space, gym.spaces.MultiDiscrete):
