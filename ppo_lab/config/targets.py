@@ -46,10 +46,11 @@ def did_you_mean(name: str, allowed: Iterable[str]) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def check_node(key: str, node: dict[str, Any], runtime: Iterable[str] = ()) -> Any:
+def check_node(key: str, node: dict[str, Any], runtime: Iterable[str] = (), positional: int = 0) -> Any:
     """Check a ``_target_`` node before training: the target imports, and each config key is a
     parameter of its constructor (unless it takes ``**kwargs``). ``runtime`` names parameters
-    that ppo_lab passes itself (e.g. ``observation_space``); they may not be set in the config.
+    that ppo_lab passes itself (e.g. ``observation_space``), and the first ``positional``
+    parameters are passed by position (a wrapper's ``env``); neither may be set in the config.
 
     Returns:
         The imported target.
@@ -66,7 +67,7 @@ def check_node(key: str, node: dict[str, Any], runtime: Iterable[str] = ()) -> A
         return target  # builtins without a signature: Hydra reports a bad call itself
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return target
-    runtime = set(runtime)
+    runtime = set(runtime) | set(list(params)[:positional])
     allowed = [n for n, p in params.items()
                if n not in runtime and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     for name in node:
@@ -90,7 +91,7 @@ def instantiate_node(key: str, node: dict[str, Any], *args: Any, **kwargs: Any) 
         ConfigError: as :func:`check_node`, or the constructor raises a ``TypeError`` (a missing
             argument, say), naming ``key``.
     """
-    check_node(key, node, runtime=kwargs.keys())
+    check_node(key, node, runtime=kwargs.keys(), positional=len(args))
     try:
         # A partial of the node alone, then called: the run-time objects (spaces, a context
         # holding the run's config with its own _target_ nodes) are passed as they are, never

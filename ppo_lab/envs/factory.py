@@ -178,14 +178,15 @@ def _make_kwargs(cfg: EnvConfig, family: EnvFamily) -> dict[str, Any]:
 def _env_fn(
     cfg: EnvConfig, family: EnvFamily, render_mode: str | None, video_dir: str | None = None
 ) -> Callable[[], gym.Env]:
-    _, env_id = split_env_id(cfg.id)
     kwargs = _make_kwargs(cfg, family)
     if render_mode is not None:
         kwargs["render_mode"] = render_mode
     wrappers = wrapper_nodes(cfg)
 
     def thunk() -> gym.Env:
-        env = gym.make(env_id, **kwargs)
+        # The whole id, module part too: a worker process of an async vector env started by
+        # spawn / forkserver imports the user's module through gymnasium.make itself.
+        env = gym.make(cfg.id, **kwargs)
         if video_dir is not None:
             # Right after make: records the rendered game of the first episode.
             env = gym.wrappers.RecordVideo(env, video_dir, episode_trigger=lambda ep: ep == 0,
