@@ -13,6 +13,7 @@ from ppo_lab.commands.train import check_compatible, saved_config
 from ppo_lab.config import ConfigError, TrainConfig, to_typed
 from ppo_lab.envs import make_env, make_vec_env, normalization_from_tensors
 from ppo_lab.io.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
+from ppo_lab.io.package import download, is_package, read_package
 from ppo_lab.policies import build_network
 from ppo_lab.policies.distributions import action_rng
 from ppo_lab.training.evaluation import evaluate_policy
@@ -114,27 +115,40 @@ def load(path: str | Path, device: str = "cpu", checkpoint: str = "final") -> Ag
     """Load a trained agent.
 
     Args:
-        path: a run dir, its ``checkpoints/`` dir, or a checkpoint file.
+        path: a run dir, its ``checkpoints/`` dir, a checkpoint file, a Hub package dir
+            (``python -m ppo_lab.hub package``: ``model.safetensors`` + ``config.yaml``), or
+            ``hf://<user>/<name>``: a Hub model repo holding such a package, downloaded first
+            (``huggingface_hub.snapshot_download``; needs the network).
         device: ``cpu``, ``cuda`` or ``auto`` (CUDA is not exercised on the project's CI).
-        checkpoint: for a dir: ``final`` (``final.pt``, else the newest periodic one), ``best``
-            (``best.pt``) or ``latest`` (the most recently written).
+        checkpoint: for a run dir: ``final`` (``final.pt``, else the newest periodic one),
+            ``best`` (``best.pt``) or ``latest`` (the most recently written). A package holds
+            one set of weights: ``final`` only.
 
     Raises:
-        CheckpointError: the path or checkpoint does not exist, or is corrupt.
+        CheckpointError: the path or checkpoint does not exist, or is corrupt (or the Hub repo
+            holds no package).
         ConfigError: ``checkpoint`` is not one of the names above, or the saved config and
             network do not fit (a checkpoint of another network).
     """
-    path = Path(path)
     if checkpoint not in ("final", "best", "latest"):
         raise ConfigError(f"checkpoint={checkpoint!r} is not allowed: final, best or latest")
-    if path.is_dir() and checkpoint == "best":
-        ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        ckpt = ckpt_dir / "best.pt"
-        if not ckpt.is_file():
-            raise CheckpointError(f"no best.pt in {ckpt_dir}")
+    if str(path).startswith("hf://"):
+        path = download(str(path)[len("hf://"):])
+    path = Path(path)
+    if is_package(path):
+        if checkpoint != "final":
+            raise ConfigError(f"checkpoint={checkpoint!r} is not allowed for the Hub package {path}: "
+                              "it holds one set of weights (checkpoint=final)")
+        state, ckpt = read_package(path)
     else:
-        ckpt = find_checkpoint(path, latest=checkpoint == "latest")
-    state = load_checkpoint(ckpt)
+        if path.is_dir() and checkpoint == "best":
+            ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+            ckpt = ckpt_dir / "best.pt"
+            if not ckpt.is_file():
+                raise CheckpointError(f"no best.pt in {ckpt_dir}")
+        else:
+            ckpt = find_checkpoint(path, latest=checkpoint == "latest")
+        state = load_checkpoint(ckpt)
     cfg = to_typed(saved_config(state))
     probe = make_vec_env(cfg.env, 1)
     try:

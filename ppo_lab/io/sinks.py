@@ -151,7 +151,14 @@ class WandbSink:
         mode: ``online``, ``offline`` or ``disabled``; null: see :func:`wandb_mode`.
         group: W&B group; null: ``context.group``.
         tags: extra tags, added to ``context.tags``.
+        log_model: at the end (``summary``), log ``checkpoints/final.pt`` and ``best.pt`` as one
+            W&B model artifact ``model-<run id>`` (Lightning's ``WandbLogger(log_model=True)``),
+            its metadata the final evaluation; offline runs keep it and ``wandb sync`` uploads it.
     """
+
+    #: Keys of the final evaluation copied into the model artifact's metadata.
+    ARTIFACT_METADATA = ("eval/episodic_return", "eval/episodic_return_std",
+                         "eval/best_episodic_return", "global_step")
 
     def __init__(
         self,
@@ -161,10 +168,12 @@ class WandbSink:
         mode: Optional[str] = None,
         group: Optional[str] = None,
         tags: Sequence[str] = (),
+        log_model: bool = False,
     ) -> None:
         import wandb
 
         self._wandb = wandb
+        self.context, self.log_model = context, bool(log_model)
         resume = context.resume or {}
         run_id = resume.get("run_id")
         self.run = wandb.init(
@@ -192,6 +201,32 @@ class WandbSink:
     def summary(self, values: dict[str, Any]) -> None:
         for key, value in values.items():
             self.run.summary[key] = value
+        if self.log_model:
+            self.log_model_artifact(values)
+
+    def log_model_artifact(self, values: dict[str, Any]) -> Any:
+        """Log ``<run_dir>/checkpoints/final.pt`` and ``best.pt`` (those present) as the model
+        artifact ``model-<run id>`` (type ``model``, aliases ``latest`` and ``step-<global_step>``;
+        a resumed run adds a version), its metadata the final evaluation and the env id.
+
+        Returns:
+            The logged ``wandb.Artifact``, or None when the run has no final or best checkpoint.
+        """
+        ckpt_dir = Path(self.context.run_dir) / "checkpoints"
+        files = [ckpt_dir / name for name in ("final.pt", "best.pt") if (ckpt_dir / name).is_file()]
+        if not files:
+            return None
+        env = (self.context.run_config or {}).get("env") or {}
+        metadata: dict[str, Any] = {k: values[k] for k in self.ARTIFACT_METADATA if k in values}
+        if "global_step" in metadata:
+            metadata["global_step"] = int(metadata["global_step"])
+        metadata.update(env_id=env.get("id"), algorithm="ppo", files=[f.name for f in files])
+        artifact = self._wandb.Artifact(name=f"model-{self.run.id}", type="model", metadata=metadata)
+        for path in files:
+            artifact.add_file(str(path), name=path.name)
+        step = int(values.get("global_step", 0))
+        self.run.log_artifact(artifact, aliases=["latest", f"step-{step}"])
+        return artifact
 
     def finish(self, exit_code: int = 0) -> None:
         self.run.finish(exit_code=exit_code)
