@@ -85,3 +85,11 @@ def test_channels_last_car_racing_trains_through_the_cnn(tmp_path):
     assert np.isfinite(result["eval/episodic_return"])
     model = load_checkpoint(tmp_path / "checkpoints" / "final.pt")["model"]
     assert model["actor_trunk.convs.0.weight"].shape[1] == 3  # RGB channels, read from the last axis
+    import ppo_lab
+
+    agent = ppo_lab.load(tmp_path)  # the API serves the CNN policy too: raw HWC frames in
+    frame = agent.make_env().reset(seed=0)[0]
+    action, state = agent.predict(frame)
+    assert frame.shape == (96, 96, 3) and action.shape == (3,) and state is None
+    assert np.all(action >= agent.action_space.low) and np.all(action <= agent.action_space.high)
+    assert agent.predict(np.stack([frame, frame]))[0].shape == (2, 3)
