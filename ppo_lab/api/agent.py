@@ -9,12 +9,11 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from ppo_lab.commands.train import check_compatible, saved_config
-from ppo_lab.config import ConfigError, TrainConfig, to_typed
-from ppo_lab.envs import make_env, make_vec_env, normalization_from_tensors
+from ppo_lab.commands.evaluate import restore_network
+from ppo_lab.config import ConfigError, TrainConfig
+from ppo_lab.envs import make_env, normalization_from_tensors
 from ppo_lab.io.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.io.package import download, is_package, read_package
-from ppo_lab.policies import build_network
 from ppo_lab.policies.distributions import action_rng
 from ppo_lab.training.evaluation import evaluate_policy
 from ppo_lab.training.runtime import resolve_device
@@ -149,12 +148,5 @@ def load(path: str | Path, device: str = "cpu", checkpoint: str = "final") -> Ag
         else:
             ckpt = find_checkpoint(path, latest=checkpoint == "latest")
         state = load_checkpoint(ckpt)
-    cfg = to_typed(saved_config(state))
-    probe = make_vec_env(cfg.env, 1)
-    try:
-        network = build_network(cfg, probe, resolve_device(device))
-    finally:
-        probe.close()
-    check_compatible(state, network, ckpt)
-    network.load_state_dict(state["model"])
+    cfg, network = restore_network(state, ckpt, resolve_device(device))
     return Agent(network, cfg, normalization_from_tensors(state["normalization"]), ckpt, int(state["global_step"]))

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ppo_lab.commands.train import check_compatible, legacy_sink_state, saved_config
 from ppo_lab.config import EvaluateConfig, TrainConfig, to_typed, validate_evaluate
@@ -17,6 +18,29 @@ from ppo_lab.io.sinks import SinkContext, WandbSink
 from ppo_lab.policies import build_network
 from ppo_lab.training.evaluation import evaluate_policy
 from ppo_lab.training.runtime import resolve_device
+
+
+def restore_network(state: dict[str, Any], source: Any, device: torch.device) -> tuple[TrainConfig, torch.nn.Module]:
+    """The run's typed config and its network with the checkpoint's weights, built for the run's
+    own env spaces (what ``evaluate.py`` and ``ppo_lab.load`` both need).
+
+    Args:
+        state: a loaded checkpoint (or a Hub package read into the same shape).
+        source: where it came from, named in errors.
+        device: where the network lives.
+
+    Raises:
+        ConfigError: the saved config is bad, or its network does not match the saved weights.
+    """
+    cfg = to_typed(saved_config(state))  # to_typed migrates older saved configs
+    probe = make_vec_env(cfg.env, 1)
+    try:
+        network = build_network(cfg, probe, device)
+    finally:
+        probe.close()
+    check_compatible(state, network, source)
+    network.load_state_dict(state["model"])
+    return cfg, network
 
 
 def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -33,17 +57,9 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     validate_evaluate(cfg)
     ckpt_path = find_checkpoint(cfg.checkpoint)
     state = load_checkpoint(ckpt_path)
-    train_cfg = to_typed(saved_config(state))  # to_typed migrates older saved configs
-    device = resolve_device(cfg.device)
+    train_cfg, network = restore_network(state, ckpt_path, resolve_device(cfg.device))
     run_dir = run_dir_of(ckpt_path)
     out_dir = run_dir / "eval"
-    probe = make_vec_env(train_cfg.env, 1)
-    try:
-        network = build_network(train_cfg, probe, device)
-    finally:
-        probe.close()
-    check_compatible(state, network, ckpt_path)
-    network.load_state_dict(state["model"])
     norm = normalization_from_tensors(state["normalization"])
     policy = network.inference_policy()
 
