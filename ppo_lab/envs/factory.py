@@ -207,6 +207,8 @@ def make_env(cfg: EnvConfig, render_mode: str | None = None) -> gym.Env:
     Raises:
         ConfigError: as :func:`check_env`.
     """
+    if render_mode is None:
+        return check_env(cfg)  # the checked env is already the one asked for
     check_env(cfg).close()
     return _env_fn(cfg, env_family(cfg), render_mode)()
 
