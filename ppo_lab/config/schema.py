@@ -155,7 +155,7 @@ BUILTIN_NETWORK = "ppo_lab.policies.ActorCritic"
 @dataclass
 class NetworkConfig:
     """The project's actor-critic (group ``network``: mlp_shared, mlp_separate, cnn_shared,
-    cnn_separate). A user's network replaces the whole node: ``network._target_=<module>.<Class>``
+    cnn_separate, lstm, gru, cnn_lstm). A user's network replaces the whole node: ``network._target_=<module>.<Class>``
     and its own kwargs (protocol: ``ppo_lab/policies/protocol.py``)."""
 
     _target_: str = BUILTIN_NETWORK
@@ -167,6 +167,11 @@ class NetworkConfig:
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     #: ``tanh`` or ``relu``.
     activation: str = "tanh"
+    #: Recurrent core between the trunk and the heads: ``none``, ``lstm`` or ``gru`` (group
+    #: ``network``: lstm, gru; ``policies/recurrent.py``). Shared or separate follows ``shared``.
+    core: str = "none"
+    #: Hidden width of the recurrent core (LSTM: the state holds h and c, ``2 * core_size`` floats).
+    core_size: int = 128
 
 
 @dataclass

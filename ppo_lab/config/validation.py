@@ -317,6 +317,17 @@ def validate(cfg: TrainConfig) -> None:
             _fail("network.activation", cfg.network.activation, "one of tanh, relu")
         if not cfg.network.hidden_sizes or min(cfg.network.hidden_sizes) < 1:
             _fail("network.hidden_sizes", cfg.network.hidden_sizes, "a non-empty list of positive widths")
+        if cfg.network.core not in ("none", "lstm", "gru"):
+            _fail("network.core", cfg.network.core, "one of none, lstm, gru")
+        if cfg.network.core != "none":
+            if cfg.network.core_size < 1:
+                _fail("network.core_size", cfg.network.core_size, "a positive width")
+            if a.num_minibatches > a.num_envs:
+                raise ConfigError(
+                    f"agent.num_minibatches={a.num_minibatches} exceeds agent.num_envs={a.num_envs}: a recurrent "
+                    f"policy (network.core={cfg.network.core}) splits minibatches by env (whole sequences); "
+                    f"allowed: num_minibatches <= {a.num_envs}"
+                )
     else:
         check_node("network", user_network_node(cfg.network), runtime=NETWORK_RUNTIME_ARGS)
     wandb = cfg.logger.get("wandb")

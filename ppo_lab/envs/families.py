@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 import gymnasium as gym
 
-from ppo_lab.config import EnvConfig
+from ppo_lab.config import ConfigError, EnvConfig
 
 #: Short names of the built-in families and the classes they stand for.
 FAMILY_TARGETS = {
@@ -20,6 +20,7 @@ FAMILY_TARGETS = {
     "box2d": "ppo_lab.envs.families.Box2DFamily",
     "mujoco": "ppo_lab.envs.families.MujocoFamily",
     "atari": "ppo_lab.envs.atari.AtariFamily",
+    "popgym": "ppo_lab.envs.families.PopgymFamily",
 }
 
 
@@ -80,3 +81,18 @@ class MujocoFamily(EnvFamily):
 
     name = "mujoco"
     extra = "mujoco"
+
+
+class PopgymFamily(EnvFamily):
+    """POPGym's memory tasks (``popgym-PositionOnlyCartPoleEasy-v0``...; Morad et al. 2023);
+    needs the ``popgym`` extra. Importing ``popgym`` registers the ids."""
+
+    name = "popgym"
+    extra = "popgym"
+
+    def register(self) -> None:
+        try:
+            import popgym  # noqa: F401  (registers the popgym-* ids with gymnasium)
+        except ImportError as err:
+            raise ConfigError(f'env.family=popgym needs the popgym package ({err}); install it with: '
+                              'pip install -e ".[popgym]"') from None

@@ -8,14 +8,16 @@ from __future__ import annotations
 from typing import Sequence
 
 import gymnasium as gym
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ppo_lab.config import ActionType, ConfigError
 from ppo_lab.policies.encoders import image_chw, is_channels_last, is_image_space, vector_encoder
-from ppo_lab.policies.inference import FusedMLPPolicy, InferencePolicy
+from ppo_lab.policies.inference import FusedMLPPolicy, InferencePolicy, RecurrentNetworkPolicy
 from ppo_lab.policies.layers import MLP, NatureCNN, layer_init
 from ppo_lab.policies.protocol import ActorCriticBase
+from ppo_lab.policies.recurrent import CORES, RecurrentCore
 
 
 class ActorCritic(ActorCriticBase):
@@ -34,10 +36,14 @@ class ActorCritic(ActorCriticBase):
         hidden_sizes: MLP widths, or ``[width]`` of the CNN's last layer.
         activation: ``tanh`` or ``relu`` (MLP only).
         log_std_init: initial log std (continuous only).
+        core: ``none`` (feed-forward), ``lstm`` or ``gru``: a recurrent core between the trunk and
+            the heads (``policies/recurrent.py``; CleanRL ``ppo_atari_lstm.py``), one per trunk
+            (shared: one core feeds both heads; separate: the actor and the critic each have one).
+        core_size: hidden width of the recurrent core.
 
     Raises:
-        ConfigError: the action type does not match the env's action space, or the network kind
-            does not fit the observation (e.g. a CNN on vector observations).
+        ConfigError: the action type does not match the env's action space, the network kind
+            does not fit the observation (e.g. a CNN on vector observations), or an unknown core.
     """
 
     def __init__(
@@ -50,9 +56,13 @@ class ActorCritic(ActorCriticBase):
         hidden_sizes: Sequence[int] = (64, 64),
         activation: str = "tanh",
         log_std_init: float = 0.0,
+        core: str = "none",
+        core_size: int = 128,
     ) -> None:
         super().__init__(observation_space, action_space, action_type, log_std_init)
         check_network_fits(observation_space, kind)
+        if core not in CORES:
+            raise ConfigError(f"network.core={core!r} is not known; allowed: {', '.join(CORES)}")
         self.shared = shared
 
         # One-hot / bit encoders have no parameters, so the state_dict keys stay the trunks' and heads'.
@@ -67,21 +77,65 @@ class ActorCritic(ActorCriticBase):
 
         self.actor_trunk, feat = trunk()
         self.critic_trunk = self.actor_trunk if shared else trunk()[0]
+        self.actor_core: RecurrentCore | None = None
+        self.critic_core: RecurrentCore | None = None
+        if core != "none":
+            self.actor_core = RecurrentCore(core, feat, core_size)
+            self.critic_core = self.actor_core if shared else RecurrentCore(core, feat, core_size)
+            self.recurrent_state_size = self.actor_core.state_size * (1 if shared else 2)
+            feat = core_size
         self.policy_head = layer_init(nn.Linear(feat, self.action_dim), gain=0.01)
         self.value_head = layer_init(nn.Linear(feat, 1), gain=1.0)
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """One fused pass: ``obs`` ``(B, *obs_shape)`` -> (logits ``(B, n)`` or mean ``(B, d)``, value ``(B,)``)."""
+    def _trunks(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         if self.encoder is not None:
             obs = self.encoder(obs)
         actor_features = self.actor_trunk(obs)
-        critic_features = actor_features if self.shared else self.critic_trunk(obs)
+        return actor_features, actor_features if self.shared else self.critic_trunk(obs)
+
+    def _heads(self, actor_features: Tensor, critic_features: Tensor) -> tuple[Tensor, Tensor]:
         head, vhead = self.policy_head, self.value_head
         return (F.linear(actor_features, head.weight, head.bias),
                 F.linear(critic_features, vhead.weight, vhead.bias).squeeze(-1))
 
+    def forward(self, obs: Tensor, state: Tensor | None = None, episode_start: Tensor | None = None) -> tuple:
+        """One fused pass: ``obs`` ``(B, *obs_shape)`` -> (logits ``(B, n)`` or mean ``(B, d)``,
+        value ``(B,)``). Recurrent (``core`` set): also takes ``state`` ``(B, recurrent_state_size)``
+        and ``episode_start`` ``(B,)`` bool, and returns the new state third."""
+        actor_features, critic_features = self._trunks(obs)
+        if self.actor_core is None:
+            return self._heads(actor_features, critic_features)
+        if state is None or episode_start is None:
+            raise ValueError("a recurrent network's forward needs state and episode_start")
+        if self.shared:
+            actor_features, new_state = self.actor_core.step(actor_features, state, episode_start)
+            return (*self._heads(actor_features, actor_features), new_state)
+        actor_state, critic_state = state.chunk(2, dim=-1)
+        actor_features, actor_state = self.actor_core.step(actor_features, actor_state, episode_start)
+        critic_features, critic_state = self.critic_core.step(critic_features, critic_state, episode_start)
+        return (*self._heads(actor_features, critic_features), torch.cat([actor_state, critic_state], dim=-1))
+
+    def forward_sequence(self, obs: Tensor, state: Tensor, episode_start: Tensor) -> tuple[Tensor, Tensor]:
+        """Replay whole sequences (the loss of a recurrent policy; ``RecurrentCore.sequence``).
+
+        Args:
+            obs: ``(T * B, *obs_shape)`` time-major (row ``t * B + b``: env b at step t).
+            state: ``(B, recurrent_state_size)`` the state before step 0.
+            episode_start: ``(T, B)`` bool.
+
+        Returns:
+            ``(T * B, n)`` logits or means and ``(T * B,)`` values, time-major.
+        """
+        actor_features, critic_features = self._trunks(obs)
+        if self.shared:
+            actor_features = self.actor_core.sequence(actor_features, state, episode_start)
+            return self._heads(actor_features, actor_features)
+        actor_state, critic_state = state.chunk(2, dim=-1)
+        return self._heads(self.actor_core.sequence(actor_features, actor_state, episode_start),
+                           self.critic_core.sequence(critic_features, critic_state, episode_start))
+
     def value(self, obs: Tensor) -> Tensor:
-        """``(B,)`` state values V(s)."""
+        """``(B,)`` state values V(s) (feed-forward networks)."""
         if self.encoder is not None:
             obs = self.encoder(obs)
         vhead = self.value_head
@@ -94,6 +148,8 @@ class ActorCritic(ActorCriticBase):
 
         Take a new one after every parameter update: the MLP snapshot does not follow the weights.
         """
+        if self.actor_core is not None:
+            return RecurrentNetworkPolicy(self)
         if isinstance(self.actor_trunk, MLP) and self.encoder is None:  # Box vectors only
             return FusedMLPPolicy(self)
         return super().inference_policy()

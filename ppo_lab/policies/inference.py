@@ -47,6 +47,9 @@ class InferencePolicy:
         network: the :class:`ActorCritic` to act for; its log std (continuous actions) is copied.
     """
 
+    #: The carried recurrent state ``(B, S)`` float32 (recurrent policies); None for feed-forward ones.
+    state: np.ndarray | None = None
+
     def __init__(self, network: ActorCritic) -> None:
         self.dist = network.dist
         self.continuous = network.continuous
@@ -56,8 +59,16 @@ class InferencePolicy:
         """``obs`` ``(B, *obs_shape)`` -> (float32 logits ``(B, n)`` or mean ``(B, d)``, value ``(B,)``)."""
         raise NotImplementedError
 
+    def reset_state(self, batch: int) -> None:
+        """Start ``batch`` fresh episodes (recurrent policies zero their state; others have none)."""
+
+    def step(self, obs: np.ndarray, episode_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The forward pass of one acting step; recurrent policies also advance :attr:`state`."""
+        return self(obs)
+
     def act(
-        self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False
+        self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False,
+        episode_start: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Choose actions for a batch of observations.
 
@@ -65,20 +76,24 @@ class InferencePolicy:
             obs: ``(B, *obs_shape)`` as the env returned them.
             rng: the generator the sampled actions are drawn from (unused when deterministic).
             deterministic: take the mode (argmax / mean) instead of sampling.
+            episode_start: ``(B,)`` bool, True where ``obs`` is an episode's first observation:
+                a recurrent policy zeroes those rows of its state first (None: no episode starts).
+                Feed-forward policies ignore it.
 
         Returns:
             actions ``(B,)`` int64 (``(B, k)`` for MultiDiscrete) or ``(B, d)`` float32
             (unclipped), their float32 log-probs ``(B,)``, values ``(B,)``.
         """
-        params, value = self(obs)
+        params, value = self.step(obs, episode_start)
         dist_args = (params, self.log_std) if self.continuous else (params,)
         if deterministic:
             action = self.dist.mode(params)
             return action, self.dist.log_prob(*dist_args, action), value
         return (*self.dist.sample(*dist_args, rng), value)
 
-    def value(self, obs: np.ndarray) -> np.ndarray:
-        """``(B,)`` float32 state values V(s)."""
+    def value(self, obs: np.ndarray, episode_start: np.ndarray | None = None) -> np.ndarray:
+        """``(B,)`` float32 state values V(s) (recurrent: from the carried state, which is not
+        advanced; ``episode_start`` as in :meth:`act`)."""
         return self(obs)[1]
 
 
@@ -169,3 +184,47 @@ def _snapshot(t: Tensor) -> np.ndarray:
 
 #: numpy twins of ``layers.TORCH_ACTIVATIONS``, by the same names.
 NUMPY_ACTIVATIONS = {"tanh": np.tanh, "relu": _relu}
+
+
+class RecurrentNetworkPolicy(InferencePolicy):
+    """A recurrent network's torch step behind the numpy interface, carrying the state.
+
+    :attr:`state` ``(B, S)`` float32 lives on the host between steps (the rollout stores it at
+    its start, checkpoints save it); :meth:`reset_state` zeroes it for ``B`` new episodes.
+    """
+
+    def __init__(self, network: ActorCritic) -> None:
+        super().__init__(network)
+        self.network = network
+        self.device = next(network.parameters()).device
+        self.state_size = int(network.recurrent_state_size)
+
+    def reset_state(self, batch: int) -> None:
+        self.state = np.zeros((batch, self.state_size), dtype=np.float32)
+
+    @torch.inference_mode()
+    def _forward(self, obs: np.ndarray, episode_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self.state is None or len(self.state) != len(obs):
+            self.reset_state(len(obs))
+        starts = np.zeros(len(obs), dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool)
+        network = self.network
+        was_training = network.training
+        network.eval()
+        try:
+            params, value, state = network(obs_to_tensor(obs, self.device), torch.from_numpy(self.state).to(self.device),
+                                           torch.from_numpy(starts).to(self.device))
+        finally:
+            network.train(was_training)
+        return params.float().cpu().numpy(), value.float().cpu().numpy(), state.float().cpu().numpy()
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One step from the carried state, without advancing it."""
+        params, value, _ = self._forward(obs, None)
+        return params, value
+
+    def step(self, obs: np.ndarray, episode_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        params, value, self.state = self._forward(obs, episode_start)
+        return params, value
+
+    def value(self, obs: np.ndarray, episode_start: np.ndarray | None = None) -> np.ndarray:
+        return self._forward(obs, episode_start)[1]

@@ -24,6 +24,19 @@ pixels stay uint8, everything else float32):
 * ``policy_stats() -> dict[str, float]``: extra ``train/`` statistics (``action_std``,
   ``log_std_min``, ``log_std_max`` for Gaussian policies), read by the diagnostics.
 * ``continuous: bool`` and ``dist``: the action distribution (``policies/distributions.py``).
+* ``recurrent_state_size: int``: 0 for feed-forward networks (the base class's default).
+
+A recurrent network (``recurrent_state_size = S > 0``; the project's ``network.core=lstm|gru``)
+carries one float32 state ``(B, S)`` per env, zeroed where an episode starts (CleanRL
+``ppo_atari_lstm.py``), and differs in three places:
+
+* ``forward(obs, state, episode_start) -> (dist_params, value, new_state)``: one step,
+  ``episode_start`` ``(B,)`` bool (the state is zeroed in those rows first);
+* ``forward_sequence(obs, state, episode_start) -> (dist_params, value)``: the replay of whole
+  sequences, ``obs`` ``(T * B, ...)`` time-major, ``state`` ``(B, S)`` the state before step 0,
+  ``episode_start`` ``(T, B)``; equal to ``T`` calls of ``forward``;
+* ``evaluate_actions(obs, actions, state=..., episode_start=...)`` replays through
+  ``forward_sequence`` (the rollout hands out whole env sequences: ``training/rollout.py``).
 """
 
 from __future__ import annotations
@@ -40,6 +53,8 @@ from ppo_lab.policies.inference import InferencePolicy, NetworkPolicy
 #: The methods and attributes every network must have (see the module docstring).
 REQUIRED = ("forward", "evaluate_actions", "inference_policy", "after_optimizer_step", "policy_stats",
             "continuous", "dist", "parameters", "state_dict", "load_state_dict")
+#: What a recurrent network (``recurrent_state_size > 0``) has besides.
+REQUIRED_RECURRENT = ("forward_sequence",)
 
 
 class ActorCriticBase(nn.Module):
@@ -56,6 +71,7 @@ class ActorCriticBase(nn.Module):
 
     Attributes:
         action_dim: width of ``dist_params`` that ``forward`` must return.
+        recurrent_state_size: 0 (feed-forward); recurrent subclasses set their state width.
 
     Raises:
         ConfigError: the action type does not fit the action space.
@@ -83,16 +99,30 @@ class ActorCriticBase(nn.Module):
             self.action_dim = int(action_space.n)
             self.dist = Categorical()
 
+    recurrent_state_size: int = 0
+
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:  # pragma: no cover - the subclass's
         raise NotImplementedError
+
+    def forward_sequence(self, obs: Tensor, state: Tensor, episode_start: Tensor) -> tuple[Tensor, Tensor]:
+        """Recurrent networks: the replay of whole sequences (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} is not recurrent (recurrent_state_size=0)")
 
     def clamped_log_std(self) -> Tensor:
         """``(d,)`` log std clamped to [LOG_STD_MIN, LOG_STD_MAX] (continuous only)."""
         return self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
-    def evaluate_actions(self, obs: Tensor, actions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under the current policy."""
-        params, value = self(obs)
+    def evaluate_actions(
+        self, obs: Tensor, actions: Tensor, state: Tensor | None = None, episode_start: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under the
+        current policy. Recurrent networks: ``obs`` and ``actions`` are ``(T * B, ...)`` time-major
+        sequences replayed from ``state`` ``(B, S)`` with ``episode_start`` ``(T, B)``; the outputs
+        are ``(T * B,)``."""
+        if self.recurrent_state_size:
+            params, value = self.forward_sequence(obs, state, episode_start)
+        else:
+            params, value = self(obs)
         if self.continuous:
             logp, ent = self.dist.log_prob_entropy(params, self.clamped_log_std(), actions)
         else:
@@ -126,6 +156,8 @@ def check_network(network: object, target: str) -> None:
             evaluate_actions, inference_policy ...``.
     """
     missing = [name for name in REQUIRED if not hasattr(network, name)]
+    if getattr(network, "recurrent_state_size", 0):
+        missing += [name for name in REQUIRED_RECURRENT if not hasattr(network, name)]
     if not isinstance(network, nn.Module):
         missing.insert(0, "torch.nn.Module base class")
     if missing:

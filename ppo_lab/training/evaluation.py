@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import numpy as np
+
 from ppo_lab.config import EnvConfig
 from ppo_lab.envs import completed_episodes, eval_env_config, load_normalization_state, make_vec_env
 from ppo_lab.policies.distributions import action_rng
@@ -48,9 +50,12 @@ def evaluate_policy(
         obs, _ = envs.reset(seed=seed)
         results: list[Optional[tuple[float, int]]] = [None] * episodes
         rng = action_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
+        policy.reset_state(episodes)  # recurrent policies: a zero state per episode
+        episode_start = np.ones(episodes, dtype=bool)
         for _ in range(max_steps):
-            action, _, _ = policy.act(obs, rng, deterministic)
-            obs, _, _, _, infos = envs.step(action)
+            action, _, _ = policy.act(obs, rng, deterministic, episode_start=episode_start)
+            obs, _, terminated, truncated, infos = envs.step(action)
+            episode_start = np.logical_or(terminated, truncated)  # later episodes are not scored
             for i, ret, length in completed_episodes(infos):
                 if results[i] is None:
                     results[i] = (ret, length)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -47,6 +47,10 @@ class RolloutBuffer:
         truncated: ``(T, N)`` bool.
         valid: ``(T, N)`` bool; False for autoreset steps.
         next_value: ``(N,)`` float32 V of the observation after the last step.
+        episode_starts: ``(T, N)`` bool, True where ``obs`` is an episode's first observation
+            (the step after an autoreset step, and the first step after ``envs.reset``).
+        initial_state: ``(N, S)`` float32 the recurrent state before step 0 (recurrent policies;
+            None otherwise): the loss replays each env's sequence from it.
     """
 
     obs: np.ndarray
@@ -58,6 +62,8 @@ class RolloutBuffer:
     truncated: np.ndarray
     valid: np.ndarray
     next_value: np.ndarray
+    episode_starts: np.ndarray
+    initial_state: Optional[np.ndarray] = None
 
     @classmethod
     def allocate(cls, num_steps: int, envs: gym.vector.VectorEnv) -> "RolloutBuffer":
@@ -82,6 +88,7 @@ class RolloutBuffer:
             truncated=np.zeros(shape, dtype=bool),
             valid=np.ones(shape, dtype=bool),
             next_value=np.zeros(n, dtype=np.float32),
+            episode_starts=np.zeros(shape, dtype=bool),
         )
 
     def next_values(self) -> np.ndarray:
@@ -100,13 +107,23 @@ class RolloutBuffer:
             obs=flat(self.obs), actions=flat(self.actions), logprobs=flat(self.logprobs),
             values=flat(self.values), advantages=flat(advantages), returns=flat(returns),
             valid=torch.from_numpy(np.flatnonzero(self.valid.reshape(-1))).to(device),
+            num_envs=self.valid.shape[1],
+            valid_mask=torch.from_numpy(self.valid).to(device),
+            episode_starts=torch.from_numpy(self.episode_starts).to(device),
+            initial_state=None if self.initial_state is None else torch.from_numpy(self.initial_state).to(device),
         )
 
 
 @dataclass
 class Minibatch:
     """One minibatch of ``M`` valid steps: ``obs`` ``(M, *obs_shape)``, ``actions`` ``(M, ...)``,
-    ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values)."""
+    ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values).
+
+    Sequence minibatches (recurrent policies) hold whole env sequences instead: ``obs`` and
+    ``actions`` are ``(T * m, ...)`` time-major over ``m`` envs, ``state`` ``(m, S)`` is their state
+    before step 0, ``episode_starts`` ``(T, m)``, and ``select`` ``(M,)`` int64 picks the ``M``
+    valid steps out of the ``T * m`` the network replays (the other fields are those ``M``).
+    """
 
     obs: Tensor
     actions: Tensor
@@ -114,6 +131,9 @@ class Minibatch:
     advantages: Tensor
     values: Tensor
     returns: Tensor
+    state: Optional[Tensor] = None
+    episode_starts: Optional[Tensor] = None
+    select: Optional[Tensor] = None
 
 
 @dataclass
@@ -123,6 +143,9 @@ class TrainingBatch:
     Attributes:
         obs, actions, logprobs, values, advantages, returns: ``(T * N, ...)``, step-major.
         valid: ``(V,)`` int64 indices of the valid (non-autoreset) steps.
+        num_envs: ``N``.
+        valid_mask, episode_starts: ``(T, N)`` bool.
+        initial_state: ``(N, S)`` the recurrent state before step 0, or None (feed-forward).
     """
 
     obs: Tensor
@@ -132,6 +155,10 @@ class TrainingBatch:
     advantages: Tensor
     returns: Tensor
     valid: Tensor
+    num_envs: int = 1
+    valid_mask: Optional[Tensor] = None
+    episode_starts: Optional[Tensor] = None
+    initial_state: Optional[Tensor] = None
 
     def minibatches(self, num_minibatches: int) -> list[Minibatch]:
         """One epoch: the valid steps in a fresh random order (torch's global generator, on the
@@ -145,6 +172,35 @@ class TrainingBatch:
         shuffled = [t[perm].tensor_split(num_minibatches)
                     for t in (self.obs, self.actions, self.logprobs, self.advantages, self.values, self.returns)]
         return [Minibatch(*parts) for parts in zip(*shuffled) if parts[3].numel() > 0]
+
+    def sequence_minibatches(self, num_minibatches: int) -> list[Minibatch]:
+        """One epoch for a recurrent policy: the envs in a fresh random order (torch's global
+        generator), split into ``num_minibatches`` groups as even as possible; each minibatch
+        is its envs' whole sequences (CleanRL ``ppo_atari_lstm.py``: minibatches split envs),
+        with their stored initial state and episode starts, and ``select`` naming the valid
+        steps the loss uses (autoreset steps are replayed, never scored).
+
+        Raises:
+            ValueError: ``num_minibatches`` exceeds the number of envs (a minibatch would be empty).
+        """
+        n = self.num_envs
+        if num_minibatches > n:
+            raise ValueError(f"agent.num_minibatches={num_minibatches} exceeds agent.num_envs={n}: a recurrent "
+                             "policy's minibatches split envs (whole sequences)")
+        T = self.valid_mask.shape[0]
+        device = self.valid_mask.device
+        out = []
+        for envs in torch.randperm(n, device=device).tensor_split(num_minibatches):
+            # Time-major rows of these envs: t * N + env, ordered (t, env).
+            rows = (torch.arange(T, device=device).unsqueeze(1) * n + envs.unsqueeze(0)).reshape(-1)
+            select = torch.nonzero(self.valid_mask[:, envs].reshape(-1)).squeeze(-1)
+            scored = rows[select]
+            out.append(Minibatch(
+                obs=self.obs[rows], actions=self.actions[rows], logprobs=self.logprobs[scored],
+                advantages=self.advantages[scored], values=self.values[scored], returns=self.returns[scored],
+                state=self.initial_state[envs], episode_starts=self.episode_starts[:, envs], select=select,
+            ))
+        return out
 
 
 class RolloutCollector:
@@ -170,20 +226,30 @@ class RolloutCollector:
         self.envs.action_space.seed(seed)
         self.rng = action_rng(seed)
         self.prev_done = np.zeros(self.envs.num_envs, dtype=bool)
+        self.episode_start = np.ones(self.envs.num_envs, dtype=bool)
+        #: The recurrent policy's state after the last step (None: feed-forward, or fresh episodes).
+        self.state: Optional[np.ndarray] = None
 
     def state_dict(self) -> dict[str, Any]:
         """The observation to act on next, which envs are due for an autoreset step, and the
         action sampler's generator state (plain ints: it loads with ``weights_only=True``)."""
-        return {
+        state = {
             "next_obs": torch_from_numpy(np.asarray(self.next_obs)),
             "prev_done": torch_from_numpy(self.prev_done),
+            "episode_start": torch_from_numpy(self.episode_start),
             "rng": self.rng.bit_generator.state,
         }
+        if self.state is not None:
+            state["recurrent_state"] = torch_from_numpy(self.state)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (the env itself must be restored to match)."""
         self.next_obs = state["next_obs"].numpy().copy()
         self.prev_done = state["prev_done"].numpy().copy()
+        if "episode_start" in state:
+            self.episode_start = state["episode_start"].numpy().copy()
+        self.state = state["recurrent_state"].numpy().copy() if "recurrent_state" in state else None
         if "rng" in state:  # checkpoints from before the numpy sampler keep the run-seeded generator
             self.rng.bit_generator.state = state["rng"]
 
@@ -197,11 +263,21 @@ class RolloutCollector:
         """
         buf, episodes = self.buffer, []
         policy = network.inference_policy()  # fused numpy snapshot of this rollout's weights (MLP)
+        recurrent = getattr(network, "recurrent_state_size", 0) > 0
+        if recurrent:
+            if self.state is None:
+                policy.reset_state(self.envs.num_envs)
+            else:
+                policy.state = self.state
+            buf.initial_state = policy.state.copy()
         for t in range(buf.obs.shape[0]):
             buf.obs[t] = self.next_obs
-            action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng)
+            buf.episode_starts[t] = self.episode_start
+            action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng, episode_start=self.episode_start)
             buf.actions[t] = action
             buf.valid[t] = ~self.prev_done
+            # The step after an autoreset step reads the new episode's first observation.
+            self.episode_start = self.prev_done
             tic = time.perf_counter()
             self.next_obs, reward, terminated, truncated, infos = self.envs.step(action)
             self.env_seconds += time.perf_counter() - tic
@@ -211,5 +287,7 @@ class RolloutCollector:
             self.prev_done = terminated | truncated
             if infos:
                 episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
-        buf.next_value[:] = policy.value(self.next_obs)
+        buf.next_value[:] = policy.value(self.next_obs, self.episode_start)
+        if recurrent:
+            self.state = policy.state
         return buf, episodes

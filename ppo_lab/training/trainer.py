@@ -216,10 +216,18 @@ class Trainer:
         # One row of STAT_KEYS per minibatch, stacked once (not one add per statistic).
         rows: list[torch.Tensor] = []
         epochs_run, kl_column = 0, STAT_KEYS.index("approx_kl")
+        recurrent = getattr(self.network, "recurrent_state_size", 0) > 0
         for epoch in range(a.update_epochs):
             epoch_start = len(rows)
-            for mb in batch.minibatches(a.num_minibatches):
-                new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions)
+            # Recurrent policies: minibatches of whole env sequences, replayed from their stored state.
+            minibatches = batch.sequence_minibatches(a.num_minibatches) if recurrent else batch.minibatches(a.num_minibatches)
+            for mb in minibatches:
+                if recurrent:
+                    scores = self.network.evaluate_actions(mb.obs, mb.actions, state=mb.state,
+                                                           episode_start=mb.episode_starts)
+                    new_logprob, entropy, new_value = (x[mb.select] for x in scores)
+                else:
+                    new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions)
                 terms = ppo_losses(
                     new_logprob, mb.logprobs, mb.advantages, new_value, mb.values, mb.returns,
                     entropy, clip_coef, a.clip_vloss, a.norm_adv, kl_beta,
