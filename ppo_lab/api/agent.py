@@ -62,8 +62,12 @@ class Agent:
         Args:
             obs: one raw observation, ``obs_shape`` (as ``make_env()`` returns it), or a batch
                 ``(B, *obs_shape)``; uint8 pixels or floats. The saved normalization is applied.
-            state: recurrent state; feed-forward policies take None and return None.
-            episode_start: ``(B,)`` bool, where episodes begin (used by recurrent policies only).
+            state: recurrent policies (``network=lstm|gru``): the state ``predict`` returned for
+                the previous step, float32 ``(B, S)`` (``(S,)`` for a single obs); None starts
+                from zeros. Feed-forward policies take None and return None.
+            episode_start: ``(B,)`` bool (a bool for a single obs), True where ``obs`` is an
+                episode's first observation: the state of those rows is zeroed first (sb3-contrib
+                RecurrentPPO's ``episode_start``). None: no episode starts.
             deterministic: the mode (argmax / mean) instead of a sample (drawn from the agent's
                 own generator, seeded with the run's seed).
             action_mask: not supported yet (no masked policies); must be None.
@@ -71,14 +75,17 @@ class Agent:
         Returns:
             ``(action, state)``: ``action`` int64 ``()`` / ``(B,)`` (Discrete), ``(k,)`` /
             ``(B, k)`` int64 (MultiDiscrete), or float32 ``(d,)`` / ``(B, d)`` clipped to the
-            action bounds as in training; ``state`` None.
+            action bounds as in training; ``state`` the new recurrent state (None for
+            feed-forward policies).
 
         Raises:
-            ValueError: an observation of the wrong shape, a recurrent ``state``, or a mask.
+            ValueError: an observation of the wrong shape, a ``state`` of the wrong shape (or
+                any state for a feed-forward policy), or a mask.
         """
         if action_mask is not None:
             raise ValueError("action_mask is not supported: ppo_lab's policies have no action masking yet")
-        if state is not None:
+        size = int(getattr(self.network, "recurrent_state_size", 0))
+        if state is not None and not size:
             raise ValueError("state must be None: this policy is feed-forward (it has no recurrent state)")
         obs = np.asarray(obs)
         shape = self.observation_space.shape
@@ -86,10 +93,24 @@ class Agent:
         if not single and obs.shape[1:] != shape:
             raise ValueError(f"obs has shape {obs.shape}; allowed: {shape} (one) or (B, {', '.join(map(str, shape))}) (a batch)")
         batch = self.normalize(obs[None] if single else obs)
-        action, _, _ = self.network.inference_policy().act(batch, self._rng, deterministic)
+        policy = self.network.inference_policy()
+        starts = None if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(len(batch))
+        if size:
+            policy.state = self._recurrent_state(state, len(batch), size)
+        action, _, _ = policy.act(batch, self._rng, deterministic, episode_start=starts)
         if isinstance(self.action_space, gym.spaces.Box):
             action = np.clip(action, self.action_space.low, self.action_space.high)
-        return (action[0] if single else action), None
+        new_state = None if not size else (policy.state[0] if single else policy.state)
+        return (action[0] if single else action), new_state
+
+    @staticmethod
+    def _recurrent_state(state: Optional[Any], batch: int, size: int) -> np.ndarray:
+        if state is None:
+            return np.zeros((batch, size), dtype=np.float32)
+        state = np.asarray(state, dtype=np.float32).reshape(-1, size) if np.ndim(state) == 1 else np.asarray(state, np.float32)
+        if state.shape != (batch, size):
+            raise ValueError(f"state has shape {state.shape}; allowed: ({batch}, {size}) (the state predict returned)")
+        return state.copy()
 
     def make_env(self, render_mode: Optional[str] = None) -> gym.Env:
         """The run's own env, with its family's and the user's wrappers; its observations are

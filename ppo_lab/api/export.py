@@ -14,13 +14,16 @@ The file's one input and one output (``B`` is the batch size, dynamic):
 * output ``action``: int64 ``(B,)`` (Discrete), int64 ``(B, k)`` (MultiDiscrete) or float32
   ``(B, d)`` clipped to the Box bounds (continuous): what ``Agent.predict(obs)`` returns.
 
-The policies are feed-forward, so there is no recurrent state input or output.
+Only feed-forward policies are exported: a recurrent one (``network=lstm|gru``) is refused, since
+the file would need the state as a second input and output (use ``ppo_lab.load(...).predict``
+with ``state`` and ``episode_start`` instead).
 
 Refused, with a :class:`~ppo_lab.config.ConfigError` naming what and why: a format other than
 ``onnx`` / ``torchscript``; ONNX without the ``export`` extra (``onnx``); a network whose forward
 does not trace (Python control flow on tensor values, ``.item()``, numpy inside ``forward``, or a
 forward that is not torch at all), an ONNX exporter failure (an operator ONNX lacks); an action
-distribution other than ppo_lab's three; an observation space that is not one ``Box``.
+distribution other than ppo_lab's three; an observation space that is not one ``Box``; a
+recurrent network.
 """
 
 from __future__ import annotations
@@ -70,8 +73,8 @@ class DeterministicPolicy(nn.Module):
         agent: the loaded agent (its network is used on the CPU, in eval mode).
 
     Raises:
-        ConfigError: the observation space is not a ``Box``, or the network's ``dist`` is not
-            ppo_lab's Categorical, MultiCategorical or DiagGaussian.
+        ConfigError: the observation space is not a ``Box``, the network is recurrent, or the
+            network's ``dist`` is not ppo_lab's Categorical, MultiCategorical or DiagGaussian.
     """
 
     def __init__(self, agent: Agent) -> None:
@@ -81,6 +84,10 @@ class DeterministicPolicy(nn.Module):
         if not isinstance(agent.observation_space, gym.spaces.Box):
             raise ConfigError(f"cannot export {name}: observation space {agent.observation_space} is not a Box "
                               "(the exported file takes one obs tensor)")
+        if getattr(network, "recurrent_state_size", 0):
+            raise ConfigError(f"cannot export {name}: it is recurrent (network.core=lstm|gru; state of "
+                              f"{network.recurrent_state_size} floats per env) and the exported file takes one obs "
+                              "tensor; use ppo_lab.load(run_dir).predict(obs, state, episode_start) instead")
         if any(p.device.type != "cpu" for p in network.parameters()):
             network = copy.deepcopy(network).cpu()
         self.network = network.eval()
