@@ -50,10 +50,15 @@ def evaluate_policy(
         obs, _ = envs.reset(seed=seed)
         results: list[Optional[tuple[float, int]]] = [None] * episodes
         rng = action_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
-        policy.reset_state(episodes)  # recurrent policies: a zero state per episode
+        recurrent = getattr(policy, "state_size", 0) > 0
+        if recurrent:
+            policy.reset_state(episodes)  # a zero state per episode
         episode_start = np.ones(episodes, dtype=bool)
         for _ in range(max_steps):
-            action, _, _ = policy.act(obs, rng, deterministic, episode_start=episode_start)
+            if recurrent:
+                action, _, _ = policy.act(obs, rng, deterministic, episode_start=episode_start)
+            else:
+                action, _, _ = policy.act(obs, rng, deterministic)
             obs, _, terminated, truncated, infos = envs.step(action)
             episode_start = np.logical_or(terminated, truncated)  # later episodes are not scored
             for i, ret, length in completed_episodes(infos):

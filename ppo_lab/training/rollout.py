@@ -273,7 +273,10 @@ class RolloutCollector:
         for t in range(buf.obs.shape[0]):
             buf.obs[t] = self.next_obs
             buf.episode_starts[t] = self.episode_start
-            action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng, episode_start=self.episode_start)
+            if recurrent:
+                action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng, episode_start=self.episode_start)
+            else:  # a feed-forward policy's act takes no episode starts (a user's may not accept them)
+                action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng)
             buf.actions[t] = action
             buf.valid[t] = ~self.prev_done
             # The step after an autoreset step reads the new episode's first observation.
@@ -287,7 +290,9 @@ class RolloutCollector:
             self.prev_done = terminated | truncated
             if infos:
                 episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
-        buf.next_value[:] = policy.value(self.next_obs, self.episode_start)
         if recurrent:
+            buf.next_value[:] = policy.value(self.next_obs, self.episode_start)
             self.state = policy.state
+        else:
+            buf.next_value[:] = policy.value(self.next_obs)
         return buf, episodes
