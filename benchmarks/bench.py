@@ -3,6 +3,7 @@
     python benchmarks/bench.py                      # CartPole-v1 100k + HalfCheetah-v5 50k steps
     python benchmarks/bench.py --repeats 2 --default-runs
     python benchmarks/bench.py --quick --skip-sb3   # smoke test (seconds)
+    python benchmarks/bench.py --recurrent-only     # ppo_lab's LSTM vs sb3-contrib RecurrentPPO
 
 Each training run is its own subprocess (``sys.executable``), so its process wall includes
 imports, env construction and the final evaluation (10 deterministic episodes) in both programs.
@@ -23,6 +24,12 @@ Reported per program:
 Both programs train for the same number of env steps: the budget is rounded down to whole
 rollouts (ppo_lab runs ``total_timesteps // batch_size`` updates, SB3 would run one more).
 
+The recurrent pairing (``--recurrent``, or ``--recurrent-only``) trains ppo_lab's LSTM
+(``env=popgym_cartpole``, its own preset) and sb3-contrib's ``RecurrentPPO`` with rl-zoo3's
+``CartPoleNoVel-v1`` settings (:data:`RECURRENT_SB3`) on the same POPGym env and budget, and
+compares process-wall steps per second and the final eval return (10 deterministic episodes,
+the state carried through each episode by both).
+
 Stable-Baselines3 is optional (``pip install -e ".[bench]"``); without it ppo_lab runs alone.
 Top-level imports are stdlib only: the SB3 child is this file, and its import time is SB3's.
 """
@@ -31,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import math
 import os
@@ -68,6 +76,21 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "ppo_lab": ["env=breakout", "network=cnn_shared"],
     },
 }
+
+#: The recurrent pairing's env (POPGym, registered by ``import popgym``) and the rl-zoo3 settings
+#: of sb3-contrib's RecurrentPPO for it (hyperparams/ppo_lstm.yml, CartPoleNoVel-v1).
+RECURRENT_ENV = "popgym-PositionOnlyCartPoleEasy-v0"
+RECURRENT_SB3: dict[str, Any] = {
+    "n_envs": 8, "n_steps": 32, "batch_size": 256, "n_epochs": 20, "learning_rate": 1e-3, "clip_range": 0.2,
+    "gamma": 0.98, "gae_lambda": 0.8, "ent_coef": 0.0, "norm_obs": True, "lstm_hidden_size": 64,
+    "enable_critic_lstm": True, "net_arch": {"pi": [64], "vf": [64]}, "activation_fn": "ReLU", "ortho_init": False,
+}
+#: ppo_lab's side: its env config (LSTM preset) at the same budget.
+RECURRENT_PPO_LAB = ["env=popgym_cartpole"]
+#: ppo_lab's rollout (num_envs x num_steps of conf/agent/popgym_lstm.yaml): budgets are whole rollouts of it.
+RECURRENT_BATCH = 32 * 32
+#: The issue's recurrent target: steps/s ratio and at least RecurrentPPO's return.
+RECURRENT_TARGET = 10.0
 
 #: The issue's targets (CPU).
 TARGETS = {"CartPole-v1": 2.5, "HalfCheetah-v5": 1.5}
@@ -349,6 +372,99 @@ def sb3_child(env_id: str, steps: int, seed: int, out: Path) -> None:
                                **callback.result}))
 
 
+def recurrent_sb3_child(steps: int, seed: int, out: Path) -> None:
+    """Train sb3-contrib's RecurrentPPO with :data:`RECURRENT_SB3` on :data:`RECURRENT_ENV` and write
+    ``learn_s``, ``eval_s`` (seconds) and the eval return (10 deterministic episodes, the LSTM
+    state carried by SB3's ``evaluate_policy``) to ``out`` (JSON). Runs inside the child process."""
+    import gymnasium
+    import popgym  # noqa: F401  (registers the popgym-* ids)
+    import torch
+    from sb3_contrib import RecurrentPPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    s = RECURRENT_SB3
+    assert gymnasium.spec(RECURRENT_ENV) is not None
+    venv = VecNormalize(make_vec_env(RECURRENT_ENV, n_envs=s["n_envs"], seed=seed), norm_obs=s["norm_obs"],
+                        norm_reward=False, clip_obs=10.0, gamma=s["gamma"])
+    lr0, clip0 = s["learning_rate"], s["clip_range"]
+    model = RecurrentPPO(
+        "MlpLstmPolicy", venv, learning_rate=lambda f: lr0 * f, clip_range=lambda f: clip0 * f,
+        n_steps=s["n_steps"], batch_size=s["batch_size"], n_epochs=s["n_epochs"], gamma=s["gamma"],
+        gae_lambda=s["gae_lambda"], ent_coef=s["ent_coef"], seed=seed, device="cpu", verbose=0,
+        policy_kwargs={"lstm_hidden_size": s["lstm_hidden_size"], "enable_critic_lstm": s["enable_critic_lstm"],
+                       "net_arch": s["net_arch"], "activation_fn": getattr(torch.nn, s["activation_fn"]),
+                       "ortho_init": s["ortho_init"]},
+    )
+    tic = time.perf_counter()
+    model.learn(total_timesteps=steps)
+    learn_s = time.perf_counter() - tic
+    tic = time.perf_counter()
+    eval_env = VecNormalize(make_vec_env(RECURRENT_ENV, n_envs=1, seed=EVAL_SEED), training=False,
+                            norm_obs=s["norm_obs"], norm_reward=False, clip_obs=10.0)
+    eval_env.obs_rms = venv.obs_rms
+    mean, std = evaluate_policy(model, eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
+    out.write_text(json.dumps({"steps": int(model.num_timesteps), "loop_s": learn_s,
+                               "eval_s": time.perf_counter() - tic, "eval_return": float(mean),
+                               "eval_return_std": float(std)}))
+
+
+def _row_note(row: dict[str, Any]) -> str:
+    if "error" in row:
+        return f"error:\n{row['error']}"
+    return f"wall {row['process_wall_s']:.1f} s, {row['process_sps']:,.0f} SPS, eval {row['eval_return']:.3f}"
+
+
+def recurrent_pairing(steps: int, seed: int, workdir: Path, with_sb3: bool) -> dict[str, Any]:
+    """ppo_lab's LSTM and (if installed) sb3-contrib's RecurrentPPO, one after the other.
+
+    Args:
+        steps: budget in env steps (rounded down to whole ppo_lab rollouts, which RecurrentPPO's
+            8 x 32 rollouts also divide).
+        seed: run seed.
+        workdir: scratch dir.
+        with_sb3: run the RecurrentPPO child too.
+
+    Returns:
+        ``{"steps", "ppo_lab": row, "recurrent_ppo": row or None, "ratio_process_sps", "ratio_loop_sps"}``;
+        each row has ``process_wall_s``, ``process_sps``, ``loop_s`` (ppo_lab ``time/wall_s``,
+        RecurrentPPO ``learn()``), ``loop_sps`` and ``eval_return``.
+    """
+    steps = max(RECURRENT_BATCH, steps // RECURRENT_BATCH * RECURRENT_BATCH)
+    run_dir = Path(tempfile.mkdtemp(prefix="ppo_lab_lstm_", dir=workdir))
+    res = run_child([str(ROOT / "train.py"), *RECURRENT_PPO_LAB, "logger=none", "progress=false", "torch_threads=1",
+                     "device=cpu", f"total_timesteps={steps}", f"seed={seed}", f"eval_episodes={EVAL_EPISODES}",
+                     f"hydra.run.dir={run_dir}"], run_dir / "stdout.log")
+    ours: dict[str, Any] = {"program": "ppo_lab", "steps": steps, **res}
+    if res["returncode"] == 0 and (run_dir / "summary.json").exists():
+        summary = json.loads((run_dir / "summary.json").read_text())
+        ours.update(loop_s=float(summary["time/wall_s"]), eval_return=float(summary["eval/episodic_return"]))
+        ours = _add_sps(ours)
+    else:
+        ours["error"] = _tail(run_dir / "stdout.log")
+    print(f"  recurrent ppo_lab: {_row_note(ours)}", flush=True)
+    theirs: Optional[dict[str, Any]] = None
+    if with_sb3:
+        out = Path(tempfile.mkdtemp(prefix="recurrent_ppo_", dir=workdir))
+        res = run_child([str(Path(__file__).resolve()), "--recurrent-sb3-child", "--steps", str(steps),
+                         "--seed", str(seed), "--json", str(out / "child.json")], out / "stdout.log")
+        theirs = {"program": "sb3_contrib.RecurrentPPO", "steps": steps, **res}
+        if res["returncode"] == 0 and (out / "child.json").exists():
+            theirs = _add_sps({**theirs, **json.loads((out / "child.json").read_text())})
+        else:
+            theirs["error"] = _tail(out / "stdout.log")
+        print(f"  recurrent RecurrentPPO: {_row_note(theirs)}", flush=True)
+
+    def ratio(key: str) -> Optional[float]:
+        a, b = ours.get(key), (theirs or {}).get(key)
+        return a / b if a and b else None
+
+    return {"env": RECURRENT_ENV, "steps": steps, "ppo_lab": ours, "recurrent_ppo": theirs,
+            "ratio_process_sps": ratio("process_sps"), "ratio_loop_sps": ratio("loop_sps")}
+
+
 def sb3_version() -> Optional[str]:
     """Installed Stable-Baselines3 version, or None, without importing it (fast).
 
@@ -602,6 +718,20 @@ def print_tables(report: dict[str, Any]) -> None:
             print(f"| {r['seed']} | {r['process_wall_s']:.1f} | {_fmt(r.get('eval_return'), '.1f')} "
                   f"| {'yes' if r.get('target_met') else 'no'} |")
 
+    rec = report.get("recurrent")
+    if rec:
+        print(f"\n## Recurrent: ppo_lab LSTM (env=popgym_cartpole) vs sb3-contrib RecurrentPPO (rl-zoo3 "
+              f"CartPoleNoVel settings), {rec['env']}, {rec['steps']:,} env steps\n")
+        print("| program | process wall s | SPS process | loop s | SPS loop | eval return (10 ep, max 1.0) |\n"
+              "|---|---:|---:|---:|---:|---:|")
+        for m in (rec["ppo_lab"], rec.get("recurrent_ppo")):
+            if m:
+                print(f"| {m['program']} | {_fmt(m.get('process_wall_s'), '.1f')} | {_fmt(m.get('process_sps'), ',.0f')} "
+                      f"| {_fmt(m.get('loop_s'), '.1f')} | {_fmt(m.get('loop_sps'), ',.0f')} "
+                      f"| {_fmt(m.get('eval_return'), '.3f')} |")
+        print(f"\nratio ppo_lab/RecurrentPPO: process SPS {_fmt(rec.get('ratio_process_sps'), '.1f')}x, "
+              f"loop SPS (ppo_lab time/wall_s vs learn()) {_fmt(rec.get('ratio_loop_sps'), '.1f')}x")
+
     print("\n## Targets (CPU)" + (" -- quick budgets: startup dominates, not a measurement"
                                    if report.get("quick") else "") + "\n")
     for t in report["targets"]:
@@ -623,6 +753,13 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = report["results"].get(env_id, {}).get("ratio_process_sps")
         rows.append({"target": f"ppo_lab >= {want}x SB3 process-wall SPS on {env_id}",
                      "measured": "n/a" if ratio is None else f"{ratio:.2f}x", "met": None if ratio is None else ratio >= want})
+    rec = report.get("recurrent")
+    if rec and rec.get("recurrent_ppo"):
+        r, ours, theirs = rec.get("ratio_process_sps"), rec["ppo_lab"], rec["recurrent_ppo"]
+        met = None if r is None else (r >= RECURRENT_TARGET and ours.get("eval_return", -1) >= theirs.get("eval_return", 0))
+        rows.append({"target": f"ppo_lab LSTM >= {RECURRENT_TARGET:.0f}x RecurrentPPO process SPS and >= its eval return",
+                     "measured": "n/a" if r is None else f"{r:.1f}x, eval {ours.get('eval_return', float('nan')):.3f} "
+                                                         f"vs {theirs.get('eval_return', float('nan')):.3f}", "met": met})
     if report.get("default_runs"):
         runs = report["default_runs"]
         measured = ", ".join(f"seed {r['seed']}: {_fmt(r.get('eval_return'), '.1f')} in "
@@ -694,13 +831,19 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--skip-atari-memory", action="store_true", help="skip the short Breakout RSS run")
     p.add_argument("--default-runs", action="store_true",
                    help="also time `python train.py seed=S progress=false` for S in 1, 2, 3")
+    p.add_argument("--recurrent", action="store_true",
+                   help="also pair ppo_lab's LSTM with sb3-contrib RecurrentPPO on POPGym position-only CartPole")
+    p.add_argument("--recurrent-only", action="store_true", help="run the recurrent pairing alone")
+    p.add_argument("--recurrent-steps", type=int, default=100_000, help="the recurrent pairing's budget, env steps")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--recurrent-sb3-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sb3-child", metavar="ENV_ID", help=argparse.SUPPRESS)
     p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
         args.cartpole_steps, args.cheetah_steps, args.breakout_steps = 5_000, 4_096, 2_048
         args.repeats, args.skip_atari_memory = 1, True
+        args.recurrent_steps = 2 * RECURRENT_BATCH
     return args
 
 
@@ -717,6 +860,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     if args.sb3_child:
         sb3_child(args.sb3_child, args.steps, args.seed, args.json)
         return {}
+    if args.recurrent_sb3_child:
+        recurrent_sb3_child(args.steps, args.seed, args.json)
+        return {}
     import torch
 
     with_sb3 = not args.skip_sb3 and sb3_version() is not None
@@ -728,11 +874,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                               "results": {}}
     print(f"machine: {report['machine']}", flush=True)
 
-    print("env-only ceilings ...", flush=True)
-    report["ceilings"] = env_ceilings(20_000 if args.quick else 200_000, 2_000 if args.quick else 20_000)
-
-    budgets = {"CartPole-v1": args.cartpole_steps, "HalfCheetah-v5": args.cheetah_steps}
-    if torch.cuda.is_available() or args.force_breakout:
+    report["ceilings"] = []
+    budgets: dict[str, int] = {}
+    if not args.recurrent_only:
+        print("env-only ceilings ...", flush=True)
+        report["ceilings"] = env_ceilings(20_000 if args.quick else 200_000, 2_000 if args.quick else 20_000)
+        budgets = {"CartPole-v1": args.cartpole_steps, "HalfCheetah-v5": args.cheetah_steps}
+    if args.recurrent_only:
+        pass
+    elif torch.cuda.is_available() or args.force_breakout:
         budgets["ALE/Breakout-v5"] = args.breakout_steps
     else:
         print("note: no CUDA device: Breakout throughput comparison skipped (GPU only)")
@@ -761,8 +911,15 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             raw[env_id] = [r for rows in per_prog.values() for r in rows]
         report["runs"] = raw
 
+        if args.recurrent or args.recurrent_only:
+            print("recurrent pairing ...", flush=True)
+            with_contrib = with_sb3 and importlib.util.find_spec("sb3_contrib") is not None
+            if with_sb3 and not with_contrib:
+                print("note: sb3-contrib is not installed (pip install -e \".[bench]\"); ppo_lab's LSTM runs alone")
+            report["recurrent"] = recurrent_pairing(args.recurrent_steps, args.seed, workdir, with_contrib)
+
         report["memory"] = {}
-        if not args.skip_atari_memory:
+        if not args.skip_atari_memory and not args.recurrent_only:
             print("Breakout peak-RSS run ...", flush=True)
             report["memory"]["atari"] = atari_memory(workdir)
         if args.default_runs:

@@ -29,3 +29,19 @@ def test_env_config_reaches_its_published_target(tmp_path, env, target):
 def test_default_cartpole_solves_on_each_seed(tmp_path, seed):
     result = train(compose_cfg([f"seed={seed}", "logger=none", "progress=false"]), tmp_path)
     assert result["eval/episodic_return"] >= 475, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_lstm_solves_position_only_cartpole_on_each_seed(tmp_path, seed):
+    """env=popgym_cartpole (LSTM, 200k steps). POPGym pays 0.005 per step over at most 200 steps,
+    so the best return is 1.0; the target 0.95 is CartPole's 475 of 500 on this scale."""
+    result = train(compose_cfg(["env=popgym_cartpole", f"seed={seed}", "logger=none", "progress=false"]), tmp_path)
+    assert result["eval/episodic_return"] >= 0.95, result
+
+
+@pytest.mark.slow
+def test_an_mlp_without_memory_stays_far_below_on_position_only_cartpole(tmp_path):
+    result = train(compose_cfg(["env=popgym_cartpole", "network=mlp_separate", "seed=1", "logger=none",
+                                "progress=false"]), tmp_path)
+    assert result["eval/episodic_return"] < 0.6, result
