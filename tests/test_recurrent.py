@@ -232,3 +232,19 @@ def test_export_refuses_a_recurrent_policy_and_names_the_way_out(lstm_run):
     from ppo_lab.api.export import export
     with pytest.raises(ConfigError, match="it is recurrent.*predict\\(obs, state, episode_start\\)"):
         export(lstm_run, "onnx")
+
+
+def test_cnn_lstm_reads_frames_and_replays_them_like_its_steps():
+    torch.manual_seed(3)
+    frames = gym.spaces.Box(0, 255, (4, 36, 36), np.uint8)
+    net = ActorCritic(frames, gym.spaces.Discrete(3), ActionType.discrete, kind="cnn", shared=True,
+                      hidden_sizes=[32], activation="relu", core="lstm", core_size=16)
+    T, B = 4, 2
+    obs = torch.randint(0, 256, (T * B, 4, 36, 36), dtype=torch.uint8)
+    starts = torch.tensor([[True, True], [False, False], [False, True], [False, False]])
+    state = torch.zeros(B, net.recurrent_state_size)
+    stepped, s = [], state
+    for t in range(T):
+        p, _, s = net(obs[t * B:(t + 1) * B], s, starts[t])
+        stepped.append(p)
+    torch.testing.assert_close(net.forward_sequence(obs, state, starts)[0], torch.cat(stepped), rtol=0, atol=1e-6)
