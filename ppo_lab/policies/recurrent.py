@@ -26,6 +26,8 @@ from ppo_lab.config import ConfigError
 
 #: ``network.core`` values.
 CORES = ("none", "lstm", "gru")
+#: Stretches of at most this many steps are replayed cell by cell (``RecurrentCore.sequence``).
+SHORT_STRETCH = 2
 
 
 class RecurrentCore(nn.Module):
@@ -81,8 +83,20 @@ class RecurrentCore(nn.Module):
             ``(B, hidden)`` output and the ``(B, state_size)`` new state.
         """
         state = state * (~episode_start).unsqueeze(-1).to(state.dtype)
-        out, new = self.rnn(x.unsqueeze(0), self._to_rnn(state))
-        return out[0], self._from_rnn(new)
+        return self._cell(x, state)
+
+    def _cell(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+        """One step of the rnn's own layer through torch's fused cell (``torch.lstm_cell`` /
+        ``torch.gru_cell``, the kernels of ``nn.LSTMCell`` / ``nn.GRUCell``): a one-step call of
+        ``nn.LSTM`` costs several times more on CPU (a oneDNN primitive per call)."""
+        rnn = self.rnn
+        weights = (rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0, rnn.bias_hh_l0)
+        if self.kind == "lstm":
+            h, c = state.split(self.hidden, dim=-1)
+            h, c = torch.lstm_cell(x, (h, c), *weights)
+            return h, torch.cat([h, c], dim=-1)
+        h = torch.gru_cell(x, state, *weights)
+        return h, h
 
     def sequence(self, x: Tensor, state: Tensor, episode_start: Tensor) -> Tensor:
         """Replay whole sequences (the loss), equal to calling :meth:`step` for t = 0 .. T-1.
@@ -104,7 +118,12 @@ class RecurrentCore(nn.Module):
         outs = []
         for begin, end in zip(cuts[:-1], cuts[1:]):
             state = state * (~episode_start[begin]).unsqueeze(-1).to(state.dtype)
-            out, new = self.rnn(x[begin:end], self._to_rnn(state))
-            state = self._from_rnn(new)
-            outs.append(out)
+            if end - begin <= SHORT_STRETCH:  # a call of the whole rnn costs more than a few cell steps
+                for t in range(begin, end):
+                    out, state = self._cell(x[t], state)
+                    outs.append(out.unsqueeze(0))
+            else:
+                out, new = self.rnn(x[begin:end], self._to_rnn(state))
+                state = self._from_rnn(new)
+                outs.append(out)
         return torch.cat(outs).reshape(T * B, -1)
