@@ -4,8 +4,16 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ppo_lab.config import EnvConfig
-from ppo_lab.envs import completed_episodes, eval_env_config, load_normalization_state, make_vec_env
+from ppo_lab.config import ActionMasking, EnvConfig
+from ppo_lab.envs import (
+    completed_episodes,
+    eval_env_config,
+    load_normalization_state,
+    make_vec_env,
+    mask_width,
+    masking_enabled,
+    read_action_mask,
+)
 from ppo_lab.policies.distributions import action_rng
 from ppo_lab.policies.inference import InferencePolicy
 
@@ -19,6 +27,7 @@ def evaluate_policy(
     normalization: Optional[dict[str, Any]] = None,
     max_steps: int = 1_000_000,
     video_dir: Optional[str] = None,
+    action_masking: ActionMasking = ActionMasking.off,
 ) -> list[tuple[float, int]]:
     """Run ``episodes`` episodes, one per parallel env, env k reset with seed ``seed + k``.
 
@@ -32,6 +41,8 @@ def evaluate_policy(
             frozen into the eval env.
         max_steps: safety cap on vector steps.
         video_dir: record the first episode there (gymnasium ``RecordVideo``).
+        action_masking: the run's ``agent.action_masking``: act with the eval env's masks
+            (``envs/masks.py``) when it resolves to masking (``auto``: the env gives masks).
 
     Returns:
         ``[(episodic_return, episodic_length)] * episodes``: the raw (unnormalized, unclipped,
@@ -39,17 +50,22 @@ def evaluate_policy(
 
     Raises:
         RuntimeError: some episode did not end within ``max_steps``.
+        ConfigError: ``action_masking=on`` and the eval env gives no masks.
     """
     envs = make_vec_env(eval_env_config(env_cfg), episodes,
                         render_mode="rgb_array" if video_dir else None, video_dir=video_dir)
     try:
         if normalization:
             load_normalization_state(envs, normalization, freeze=True)
-        obs, _ = envs.reset(seed=seed)
+        obs, infos = envs.reset(seed=seed)
+        width = mask_width(envs.single_action_space)
+        masked = action_masking is not ActionMasking.off and masking_enabled(
+            action_masking, read_action_mask(obs, infos, width), envs.single_action_space, env_cfg.id)
         results: list[Optional[tuple[float, int]]] = [None] * episodes
         rng = action_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
         for _ in range(max_steps):
-            action, _, _ = policy.act(obs, rng, deterministic)
+            mask = read_action_mask(obs, infos, width) if masked else None
+            action, _, _ = policy.act(obs, rng, deterministic, mask=mask)
             obs, _, _, _, infos = envs.step(action)
             for i, ret, length in completed_episodes(infos):
                 if results[i] is None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ppo_lab.envs import completed_episodes
+from ppo_lab.config import ActionMasking
+from ppo_lab.envs import completed_episodes, mask_width, masking_enabled, read_action_mask
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
 from ppo_lab.policies.encoders import buffer_dtype
@@ -38,8 +39,8 @@ class RolloutBuffer:
     Attributes:
         obs: ``(T, N, *obs_shape)`` observation each action was taken in: uint8 for pixels,
             int64 for Discrete / MultiDiscrete spaces, float32 otherwise (``encoders.buffer_dtype``).
-        actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete) or ``(T, N, d)`` float32
-            (the unclipped sampled actions).
+        actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete), ``(T, N, n)`` int64 bits
+            (MultiBinary) or ``(T, N, d)`` float32 (the unclipped sampled actions).
         logprobs: ``(T, N)`` float32 log pi_old(a|s).
         values: ``(T, N)`` float32 V_old(s).
         rewards: ``(T, N)`` float32, as the (possibly normalized) env returned them.
@@ -47,6 +48,8 @@ class RolloutBuffer:
         truncated: ``(T, N)`` bool.
         valid: ``(T, N)`` bool; False for autoreset steps.
         next_value: ``(N,)`` float32 V of the observation after the last step.
+        masks: ``(T, N, n)`` bool action mask valid in ``obs`` (True = valid; ``n`` is
+            ``sum(nvec)`` for MultiDiscrete), or None when the run does not mask.
     """
 
     obs: np.ndarray
@@ -58,6 +61,7 @@ class RolloutBuffer:
     truncated: np.ndarray
     valid: np.ndarray
     next_value: np.ndarray
+    masks: Optional[np.ndarray] = None
 
     @classmethod
     def allocate(cls, num_steps: int, envs: gym.vector.VectorEnv) -> "RolloutBuffer":
@@ -67,7 +71,7 @@ class RolloutBuffer:
         obs_dtype = buffer_dtype(obs_space)
         if isinstance(act_space, gym.spaces.Box):
             actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.float32)
-        elif isinstance(act_space, gym.spaces.MultiDiscrete):
+        elif isinstance(act_space, (gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
             actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.int64)
         else:
             actions = np.zeros((num_steps, n), dtype=np.int64)
@@ -100,13 +104,15 @@ class RolloutBuffer:
             obs=flat(self.obs), actions=flat(self.actions), logprobs=flat(self.logprobs),
             values=flat(self.values), advantages=flat(advantages), returns=flat(returns),
             valid=torch.from_numpy(np.flatnonzero(self.valid.reshape(-1))).to(device),
+            masks=None if self.masks is None else flat(self.masks),
         )
 
 
 @dataclass
 class Minibatch:
     """One minibatch of ``M`` valid steps: ``obs`` ``(M, *obs_shape)``, ``actions`` ``(M, ...)``,
-    ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values)."""
+    ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values),
+    ``masks`` ``(M, n)`` bool (None when the run does not mask)."""
 
     obs: Tensor
     actions: Tensor
@@ -114,6 +120,7 @@ class Minibatch:
     advantages: Tensor
     values: Tensor
     returns: Tensor
+    masks: Optional[Tensor] = None
 
 
 @dataclass
@@ -123,6 +130,7 @@ class TrainingBatch:
     Attributes:
         obs, actions, logprobs, values, advantages, returns: ``(T * N, ...)``, step-major.
         valid: ``(V,)`` int64 indices of the valid (non-autoreset) steps.
+        masks: ``(T * N, n)`` bool action masks, or None when the run does not mask.
     """
 
     obs: Tensor
@@ -132,6 +140,7 @@ class TrainingBatch:
     advantages: Tensor
     returns: Tensor
     valid: Tensor
+    masks: Optional[Tensor] = None
 
     def minibatches(self, num_minibatches: int) -> list[Minibatch]:
         """One epoch: the valid steps in a fresh random order (torch's global generator, on the
@@ -142,8 +151,10 @@ class TrainingBatch:
         """
         valid = self.valid
         perm = valid[torch.randperm(valid.numel(), device=valid.device)]
-        shuffled = [t[perm].tensor_split(num_minibatches)
-                    for t in (self.obs, self.actions, self.logprobs, self.advantages, self.values, self.returns)]
+        tensors = (self.obs, self.actions, self.logprobs, self.advantages, self.values, self.returns)
+        if self.masks is not None:
+            tensors += (self.masks,)
+        shuffled = [t[perm].tensor_split(num_minibatches) for t in tensors]
         return [Minibatch(*parts) for parts in zip(*shuffled) if parts[3].numel() > 0]
 
 
@@ -155,10 +166,25 @@ class RolloutCollector:
         num_steps: vector steps per rollout.
         seed: seed of the first ``envs.reset`` (env i gets ``seed + i``) and of the generator
             the actions are sampled from.
+        action_masking: ``agent.action_masking``, resolved at the first reset
+            (``envs.masking_enabled``) into :attr:`masking`.
+
+    Attributes:
+        masking: the rollout reads the envs' action masks (``envs/masks.py``), stores them in
+            ``buffer.masks`` and acts with them; ``next_mask`` is the ``(N, n)`` mask valid in
+            ``next_obs`` (None when not masking).
+
+    Raises:
+        ConfigError: ``action_masking=on`` and the env gives no masks at the first reset.
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, num_steps: int, seed: int) -> None:
+    def __init__(
+        self, envs: gym.vector.VectorEnv, num_steps: int, seed: int,
+        action_masking: ActionMasking = ActionMasking.off,
+    ) -> None:
         self.envs = envs
+        self.action_masking = action_masking
+        self.masking: Optional[bool] = None  # decided at the first reset
         self.buffer = RolloutBuffer.allocate(num_steps, envs)
         self.reset(seed)
         #: Seconds spent inside ``envs.step`` (cumulative), for the time breakdown.
@@ -166,24 +192,42 @@ class RolloutCollector:
 
     def reset(self, seed: int) -> None:
         """Reset every env (env i with ``seed + i``), re-seed the action sampler, start new episodes."""
-        self.next_obs, _ = self.envs.reset(seed=seed)
+        self.next_obs, info = self.envs.reset(seed=seed)
+        self.next_mask = None
+        if self.action_masking is ActionMasking.off:
+            self.masking = False
+        else:
+            space = self.envs.single_action_space
+            mask = read_action_mask(self.next_obs, info, mask_width(space))
+            if self.masking is None:
+                spec = getattr(self.envs, "spec", None) or getattr(self.envs.unwrapped, "spec", None)
+                self.masking = masking_enabled(self.action_masking, mask, space, getattr(spec, "id", "the env"))
+                if self.masking:
+                    self.buffer.masks = np.ones((*self.buffer.valid.shape, mask.shape[-1]), dtype=bool)
+            self.next_mask = mask if self.masking else None
         self.envs.action_space.seed(seed)
         self.rng = action_rng(seed)
         self.prev_done = np.zeros(self.envs.num_envs, dtype=bool)
 
     def state_dict(self) -> dict[str, Any]:
-        """The observation to act on next, which envs are due for an autoreset step, and the
-        action sampler's generator state (plain ints: it loads with ``weights_only=True``)."""
-        return {
+        """The observation to act on next (and its action mask, when masking), which envs are due
+        for an autoreset step, and the action sampler's generator state (plain ints: it loads
+        with ``weights_only=True``)."""
+        state = {
             "next_obs": torch_from_numpy(np.asarray(self.next_obs)),
             "prev_done": torch_from_numpy(self.prev_done),
             "rng": self.rng.bit_generator.state,
         }
+        if self.next_mask is not None:
+            state["next_mask"] = torch_from_numpy(self.next_mask)
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (the env itself must be restored to match)."""
         self.next_obs = state["next_obs"].numpy().copy()
         self.prev_done = state["prev_done"].numpy().copy()
+        if state.get("next_mask") is not None:
+            self.next_mask = state["next_mask"].numpy().copy()
         if "rng" in state:  # checkpoints from before the numpy sampler keep the run-seeded generator
             self.rng.bit_generator.state = state["rng"]
 
@@ -197,14 +241,24 @@ class RolloutCollector:
         """
         buf, episodes = self.buffer, []
         policy = network.inference_policy()  # fused numpy snapshot of this rollout's weights (MLP)
+        masks, width = buf.masks, None if buf.masks is None else buf.masks.shape[-1]
         for t in range(buf.obs.shape[0]):
             buf.obs[t] = self.next_obs
-            action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng)
+            if masks is None:
+                action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng)
+            else:  # the mask valid in the observation the action is taken in
+                masks[t] = self.next_mask
+                action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng, mask=masks[t])
             buf.actions[t] = action
             buf.valid[t] = ~self.prev_done
             tic = time.perf_counter()
             self.next_obs, reward, terminated, truncated, infos = self.envs.step(action)
             self.env_seconds += time.perf_counter() - tic
+            if masks is not None:  # autoreset steps' infos carry the new episode's mask
+                self.next_mask = read_action_mask(self.next_obs, infos, width)
+                if self.next_mask is None:
+                    raise RuntimeError(f"the env gave no action_mask at rollout step {t}; a masking run "
+                                       "needs one in every step's info (or Dict observation)")
             buf.rewards[t] = reward
             buf.terminated[t] = terminated
             buf.truncated[t] = truncated

@@ -44,11 +44,14 @@ STAT_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl
 
 def max_entropy(action_space: gym.Space) -> Optional[float]:
     """Entropy of the uniform policy over a discrete space (summed over MultiDiscrete
-    components); None for continuous spaces."""
+    components and MultiBinary bits); None for continuous spaces. With action masks the
+    uniform policy over the valid actions has less: this is then an upper bound."""
     if isinstance(action_space, gym.spaces.Discrete):
         return math.log(action_space.n)
     if isinstance(action_space, gym.spaces.MultiDiscrete):
         return float(np.log(action_space.nvec).sum())
+    if isinstance(action_space, gym.spaces.MultiBinary):
+        return float(action_space.n * math.log(2.0))
     return None
 
 
@@ -109,7 +112,7 @@ class Trainer:
         self._stop_signal: Optional[int] = None
         self.stopped_by: Optional[str] = None
         self.timing = {"rollout": 0.0, "update": 0.0, "log": 0.0}
-        self.collector = RolloutCollector(envs, a.num_steps, cfg.seed)
+        self.collector = RolloutCollector(envs, a.num_steps, cfg.seed, a.action_masking)
         self.normalization = NormalizationStats(envs)
         self.exact_env_state = exact_env_state
         self.diagnostics = Diagnostics(kl_reference=a.target_kl or a.kl_target,
@@ -219,7 +222,10 @@ class Trainer:
         for epoch in range(a.update_epochs):
             epoch_start = len(rows)
             for mb in batch.minibatches(a.num_minibatches):
-                new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions)
+                if mb.masks is None:
+                    new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions)
+                else:
+                    new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions, mb.masks)
                 terms = ppo_losses(
                     new_logprob, mb.logprobs, mb.advantages, new_value, mb.values, mb.returns,
                     entropy, clip_coef, a.clip_vloss, a.norm_adv, kl_beta,
@@ -312,6 +318,7 @@ class Trainer:
         results = evaluate_policy(
             self.network.inference_policy(), self.cfg.env, self.cfg.eval_episodes, self.cfg.eval_seed,
             self.cfg.eval_deterministic, self.normalization.numpy(),
+            action_masking=self.cfg.agent.action_masking,
         )
         returns = np.array([r for r, _ in results])
         metrics = {
