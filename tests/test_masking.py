@@ -256,3 +256,38 @@ def test_taxi_config_trains_with_masks_briefly(tmp_path):
     import ppo_lab
 
     assert ppo_lab.load(tmp_path).masked
+
+
+# ---------------------------------------------------------------------------- MultiBinary actions
+
+
+def test_multibinary_actions_train_predict_and_export(tmp_path, userland):
+    import ppo_lab
+    from ppo_lab.api.export import export_torchscript
+
+    result = train(compose_cfg(["debug=fast", "env.id=mymasked:BitMatch-v0", "total_timesteps=2048"]), tmp_path)
+    assert 0.0 <= result["eval/episodic_return"] <= 8.0
+    agent = ppo_lab.load(tmp_path)
+    assert not agent.masked
+    obs = np.random.default_rng(0).random((6, 3)).astype(np.float32)
+    bits, _ = agent.predict(obs)
+    assert bits.shape == (6, 3) and set(np.unique(bits)) <= {0, 1}
+    scripted = torch.jit.load(str(export_torchscript(agent, tmp_path / "p.pt")))
+    np.testing.assert_array_equal(scripted(torch.from_numpy(obs)).numpy(), bits)
+    with pytest.raises(ValueError, match="action_masks apply to Discrete and MultiDiscrete"):
+        agent.predict(obs, action_masks=np.ones(3, bool))
+
+
+def test_action_space_checks_name_the_space_and_what_is_allowed():
+    from ppo_lab.config import ActionType
+    from ppo_lab.policies.protocol import check_action_type
+
+    check_action_type(gym.spaces.MultiBinary(4), ActionType.discrete)
+    with pytest.raises(ConfigError, match=r"MultiBinary\(\(2, 2\)\) has shape \(2, 2\).*MultiBinary with a 1-D shape"):
+        check_action_type(gym.spaces.MultiBinary([2, 2]), ActionType.discrete)
+    with pytest.raises(ConfigError, match=r"action=continuous does not fit.*MultiBinary\(4\); allowed: action=discrete"):
+        check_action_type(gym.spaces.MultiBinary(4), ActionType.continuous)
+    for space in (gym.spaces.Dict({"a": gym.spaces.Discrete(2)}), gym.spaces.Tuple([gym.spaces.Discrete(2)])):
+        with pytest.raises(ConfigError, match=r"is not supported; allowed: Discrete, MultiDiscrete or MultiBinary "
+                                              r"\(action=discrete\), Box \(action=continuous\); Dict and Tuple"):
+            check_action_type(space, ActionType.discrete)

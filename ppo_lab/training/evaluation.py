@@ -64,8 +64,10 @@ def evaluate_policy(
         results: list[Optional[tuple[float, int]]] = [None] * episodes
         rng = action_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
         for _ in range(max_steps):
-            mask = read_action_mask(obs, infos, width) if masked else None
-            action, _, _ = policy.act(obs, rng, deterministic, mask=mask)
+            if masked:
+                action, _, _ = policy.act(obs, rng, deterministic, mask=read_action_mask(obs, infos, width))
+            else:
+                action, _, _ = policy.act(obs, rng, deterministic)
             obs, _, _, _, infos = envs.step(action)
             for i, ret, length in completed_episodes(infos):
                 if results[i] is None:
