@@ -291,3 +291,32 @@ def test_action_space_checks_name_the_space_and_what_is_allowed():
         with pytest.raises(ConfigError, match=r"is not supported; allowed: Discrete, MultiDiscrete or MultiBinary "
                                               r"\(action=discrete\), Box \(action=continuous\); Dict and Tuple"):
             check_action_type(space, ActionType.discrete)
+
+
+def test_a_masked_run_resumes_exactly(tmp_path, userland, monkeypatch):
+    """The collector's next_mask is checkpointed: a masked run interrupted by SIGTERM and resumed
+    ends with the weights of the uninterrupted run, bit for bit."""
+    from test_resume import SignalAt, steps_logged
+
+    from ppo_lab.io.checkpoint import load_checkpoint
+    from ppo_lab.training.trainer import Trainer, TrainingInterrupted
+
+    overrides = ["debug=fast", "env.id=mymasked:MaskedChoice-v0", "total_timesteps=1024", "checkpoint_interval=4"]
+    full, parted = tmp_path / "full", tmp_path / "parted"
+    train(compose_cfg(overrides), full)
+    original_init = Trainer.__init__
+
+    def init_with_signal(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.sinks.sinks["signal"] = SignalAt(3 * 128)
+
+    monkeypatch.setattr(Trainer, "__init__", init_with_signal)
+    with pytest.raises(TrainingInterrupted):
+        train(compose_cfg(overrides), parted)
+    monkeypatch.setattr(Trainer, "__init__", original_init)
+    assert load_checkpoint(parted / "checkpoints" / "update_000003.pt")["collector"]["next_mask"].shape == (2, 4)
+    train(compose_cfg(["logger=none", f"resume={parted}"]), tmp_path / "ignored")
+    assert steps_logged(parted) == steps_logged(full)
+    a, b = (load_checkpoint(d / "checkpoints" / "final.pt")["model"] for d in (full, parted))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
