@@ -11,7 +11,7 @@ import torch
 
 from ppo_lab.commands.evaluate import restore_network
 from ppo_lab.config import ConfigError, TrainConfig
-from ppo_lab.envs import env_action_mask, make_env, mask_width, masking_enabled, normalization_from_tensors
+from ppo_lab.envs import first_action_mask, make_env, mask_width, normalization_from_tensors
 from ppo_lab.io.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.io.package import download, is_package, read_package
 from ppo_lab.policies.distributions import action_rng
@@ -39,8 +39,8 @@ class Agent:
         probe = make_env(cfg.env)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
         try:
-            self.masked = masking_enabled(cfg.agent.action_masking, env_action_mask(probe, cfg.seed),
-                                          self.action_space, cfg.env.id)
+            self.masked = first_action_mask(cfg.agent.action_masking, *probe.reset(seed=cfg.seed),
+                                            self.action_space, cfg.env.id) is not None
         finally:
             probe.close()
         self._rng = action_rng(cfg.seed)

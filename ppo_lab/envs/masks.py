@@ -63,7 +63,7 @@ def read_action_mask(obs: Any, infos: Optional[dict], width: Optional[int] = Non
         mask[~np.asarray(present, dtype=bool)] = True
     if width is not None and mask.shape[-1] != width:
         raise ConfigError(
-            f"the env's action_mask has shape {mask.shape[1:]}, but its action space needs masks of "
+            f"the env's action_mask has shape {mask.shape[-1:]}, but its action space needs masks of "
             f"{width} entries (Discrete(n): n; MultiDiscrete: sum(nvec)); allowed: a mask of {width} "
             "entries, or agent.action_masking=off"
         )
@@ -93,14 +93,20 @@ def masking_enabled(mode: ActionMasking, mask: Optional[np.ndarray], action_spac
     return mask is not None and maskable
 
 
-def env_action_mask(env: gym.Env, seed: Optional[int] = None) -> Optional[np.ndarray]:
-    """``(1, width)`` bool mask a single env gives at ``reset(seed=seed)``, or None (resets ``env``)."""
-    obs, info = env.reset(seed=seed)
-    if isinstance(obs, dict) and MASK_KEY in obs:
-        return np.asarray(obs[MASK_KEY]).astype(bool)[None]
-    if MASK_KEY in info:
-        return np.asarray(info[MASK_KEY]).astype(bool)[None]
-    return None
+def first_action_mask(
+    mode: ActionMasking, obs: Any, infos: Optional[dict], action_space: gym.Space, env_id: str
+) -> Optional[np.ndarray]:
+    """The ``(N, width)`` bool mask to act with in a vector env's first observations (``obs``,
+    ``infos`` of its ``reset``; a single env's give ``(width,)``), or None when the run does not
+    mask (:func:`masking_enabled`).
+
+    Raises:
+        ConfigError: as :func:`masking_enabled` and :func:`read_action_mask`.
+    """
+    if mode is ActionMasking.off:
+        return None
+    mask = read_action_mask(obs, infos, mask_width(action_space))
+    return mask if masking_enabled(mode, mask, action_space, env_id) else None
 
 
 def check_masks_available(cfg: EnvConfig, mode: ActionMasking, seed: int) -> None:
@@ -114,6 +120,6 @@ def check_masks_available(cfg: EnvConfig, mode: ActionMasking, seed: int) -> Non
         return
     env = make_env(cfg)
     try:
-        masking_enabled(mode, env_action_mask(env, seed), env.action_space, cfg.id)
+        first_action_mask(mode, *env.reset(seed=seed), env.action_space, cfg.id)
     finally:
         env.close()

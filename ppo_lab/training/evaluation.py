@@ -9,9 +9,9 @@ from ppo_lab.envs import (
     completed_episodes,
     eval_env_config,
     load_normalization_state,
+    first_action_mask,
     make_vec_env,
     mask_width,
-    masking_enabled,
     read_action_mask,
 )
 from ppo_lab.policies.distributions import action_rng
@@ -59,8 +59,7 @@ def evaluate_policy(
             load_normalization_state(envs, normalization, freeze=True)
         obs, infos = envs.reset(seed=seed)
         width = mask_width(envs.single_action_space)
-        masked = action_masking is not ActionMasking.off and masking_enabled(
-            action_masking, read_action_mask(obs, infos, width), envs.single_action_space, env_cfg.id)
+        masked = first_action_mask(action_masking, obs, infos, envs.single_action_space, env_cfg.id) is not None
         results: list[Optional[tuple[float, int]]] = [None] * episodes
         rng = action_rng(seed)  # stochastic evaluation: draws fixed by the eval seed
         for _ in range(max_steps):

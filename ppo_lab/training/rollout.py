@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ppo_lab.config import ActionMasking
-from ppo_lab.envs import completed_episodes, mask_width, masking_enabled, read_action_mask
+from ppo_lab.envs import completed_episodes, first_action_mask, read_action_mask
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
 from ppo_lab.policies.encoders import buffer_dtype
@@ -167,12 +167,10 @@ class RolloutCollector:
         seed: seed of the first ``envs.reset`` (env i gets ``seed + i``) and of the generator
             the actions are sampled from.
         action_masking: ``agent.action_masking``, resolved at the first reset
-            (``envs.masking_enabled``) into :attr:`masking`.
+            (``envs.first_action_mask``): when it masks, ``buffer.masks`` is allocated.
 
     Attributes:
-        masking: the rollout reads the envs' action masks (``envs/masks.py``), stores them in
-            ``buffer.masks`` and acts with them; ``next_mask`` is the ``(N, n)`` mask valid in
-            ``next_obs`` (None when not masking).
+        next_mask: the ``(N, n)`` mask valid in ``next_obs``; None when not masking.
 
     Raises:
         ConfigError: ``action_masking=on`` and the env gives no masks at the first reset.
@@ -184,7 +182,6 @@ class RolloutCollector:
     ) -> None:
         self.envs = envs
         self.action_masking = action_masking
-        self.masking: Optional[bool] = None  # decided at the first reset
         self.buffer = RolloutBuffer.allocate(num_steps, envs)
         self.reset(seed)
         #: Seconds spent inside ``envs.step`` (cumulative), for the time breakdown.
@@ -193,21 +190,19 @@ class RolloutCollector:
     def reset(self, seed: int) -> None:
         """Reset every env (env i with ``seed + i``), re-seed the action sampler, start new episodes."""
         self.next_obs, info = self.envs.reset(seed=seed)
-        self.next_mask = None
-        if self.action_masking is ActionMasking.off:
-            self.masking = False
-        else:
-            space = self.envs.single_action_space
-            mask = read_action_mask(self.next_obs, info, mask_width(space))
-            if self.masking is None:
-                spec = getattr(self.envs, "spec", None) or getattr(self.envs.unwrapped, "spec", None)
-                self.masking = masking_enabled(self.action_masking, mask, space, getattr(spec, "id", "the env"))
-                if self.masking:
-                    self.buffer.masks = np.ones((*self.buffer.valid.shape, mask.shape[-1]), dtype=bool)
-            self.next_mask = mask if self.masking else None
+        spec = getattr(self.envs, "spec", None) or getattr(self.envs.unwrapped, "spec", None)
+        self.next_mask = first_action_mask(self.action_masking, self.next_obs, info,
+                                           self.envs.single_action_space, getattr(spec, "id", "the env"))
+        if self.next_mask is not None and self.buffer.masks is None:
+            self.buffer.masks = np.ones((*self.buffer.valid.shape, self.next_mask.shape[-1]), dtype=bool)
         self.envs.action_space.seed(seed)
         self.rng = action_rng(seed)
         self.prev_done = np.zeros(self.envs.num_envs, dtype=bool)
+
+    @property
+    def masking(self) -> bool:
+        """The rollout acts with the envs' action masks and stores them in ``buffer.masks``."""
+        return self.buffer.masks is not None
 
     def state_dict(self) -> dict[str, Any]:
         """The observation to act on next (and its action mask, when masking), which envs are due
