@@ -85,8 +85,11 @@ def test_predict_discrete_single_and_batch_and_its_errors(tmp_path):
     assert batch.shape == (5,)
     with pytest.raises(ValueError, match=r"obs has shape \(3,\); allowed: \(4,\)"):
         agent.predict(np.zeros(3))
-    with pytest.raises(ValueError, match="action_mask is not supported"):
-        agent.predict(np.zeros(4), action_mask=np.ones(2, bool))
+    masked, _ = agent.predict(np.zeros((5, 4), np.float32), deterministic=False,
+                              action_masks=np.array([1, 0], np.int8))  # CartPole: only action 0 allowed
+    np.testing.assert_array_equal(masked, np.zeros(5))
+    with pytest.raises(ValueError, match=r"action_masks has shape \(3,\); allowed: \(2,\) or \(1, 2\)"):
+        agent.predict(np.zeros(4), action_masks=np.ones(3, bool))
     assert isinstance(agent.make_env(), gym.Env)
 
 

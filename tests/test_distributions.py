@@ -3,10 +3,11 @@ mode, log_prob) and the torch training side (log_prob_entropy)."""
 
 import numpy as np
 import torch
+from torch.distributions import Bernoulli as TorchBernoulli
 from torch.distributions import Categorical as TorchCategorical
 from torch.distributions import Normal
 
-from ppo_lab.policies.distributions import Categorical, DiagGaussian, MultiCategorical
+from ppo_lab.policies.distributions import Bernoulli, Categorical, DiagGaussian, MultiCategorical
 
 
 def test_categorical_log_prob_and_entropy_match_torch():
@@ -99,3 +100,29 @@ def test_action_rng_is_not_an_env_stream():
     env0, _ = seeding.np_random(5)
     assert not np.array_equal(action_rng(5).bit_generator.random_raw(4), env0.bit_generator.random_raw(4))
     np.testing.assert_array_equal(action_rng(5).random(3), action_rng(5).random(3))
+
+
+def test_bernoulli_log_prob_and_entropy_match_torch_summed_over_bits():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 5) * 4
+    bits = torch.randint(0, 2, (64, 5))
+    ref = TorchBernoulli(logits=logits)
+    logp, ent = Bernoulli().log_prob_entropy(logits, bits)
+    torch.testing.assert_close(logp, ref.log_prob(bits.float()).sum(-1))
+    torch.testing.assert_close(ent, ref.entropy().sum(-1))
+    np_logp = Bernoulli().log_prob(logits.numpy(), bits.numpy())
+    assert np_logp.dtype == np.float32
+    np.testing.assert_allclose(np_logp, ref.log_prob(bits.float()).sum(-1).numpy(), rtol=1e-5, atol=1e-5)
+    # Extreme logits stay finite (softplus, not log(sigmoid)).
+    big = torch.tensor([[80.0, -80.0]])
+    assert torch.isfinite(Bernoulli().log_prob_entropy(big, torch.tensor([[0, 1]]))[0]).all()
+
+
+def test_bernoulli_sampling_frequencies_mode_and_log_prob_of_the_sample():
+    p = np.array([0.1, 0.5, 0.9])
+    logits = np.log(p / (1 - p)).astype(np.float32)[None].repeat(40_000, axis=0)
+    bits, logp = Bernoulli().sample(logits, np.random.default_rng(0))
+    assert bits.shape == (40_000, 3) and bits.dtype == np.int64 and logp.dtype == np.float32
+    np.testing.assert_allclose(bits.mean(0), p, atol=0.01)
+    np.testing.assert_allclose(logp, np.log(np.where(bits == 1, p, 1 - p)).sum(-1), rtol=1e-4)
+    np.testing.assert_array_equal(Bernoulli().mode(logits[:1]), [[0, 0, 1]])  # logit 0 is not > 0

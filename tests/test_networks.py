@@ -178,7 +178,7 @@ def test_mlp_reads_integer_observations_as_their_float_values():
 
 @pytest.mark.parametrize("space, shown", [
     (gym.spaces.Box(-1, 1, (2, 3), np.float32), "has shape (2, 3); allowed: a 1-D Box"),
-    (gym.spaces.MultiDiscrete([[2, 3], [4, 5]]), "has nvec of shape (2, 2); allowed: Discrete, or MultiDiscrete"),
+    (gym.spaces.MultiDiscrete([[2, 3], [4, 5]]), "has nvec of shape (2, 2); allowed: Discrete, MultiDiscrete with a 1-D nvec"),
 ])
 def test_multi_dimensional_action_spaces_are_refused_with_what_is_allowed(space, shown):
     action_type = ActionType.continuous if isinstance(space, gym.spaces.Box) else ActionType.discrete

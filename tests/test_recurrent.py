@@ -2,6 +2,8 @@
 resets exactly at episode starts, the sequence minibatch layout, the rollout's stored state and
 episode starts, evaluation, exact resume, and short real runs."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -248,3 +250,40 @@ def test_cnn_lstm_reads_frames_and_replays_them_like_its_steps():
         p, _, s = net(obs[t * B:(t + 1) * B], s, starts[t])
         stepped.append(p)
     torch.testing.assert_close(net.forward_sequence(obs, state, starts)[0], torch.cat(stepped), rtol=0, atol=1e-6)
+
+
+def test_a_masked_recurrent_run_never_takes_an_invalid_action(tmp_path, monkeypatch):
+    """Masks and an LSTM compose in the one trainer: MaskedChoice raises on any invalid action,
+    so the run and its evaluations finish only if every sampled and replayed mask was honoured."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "userland"))
+    result = train(compose_cfg(["debug=fast", "env.id=mymasked:MaskedChoice-v0", "network=lstm", "total_timesteps=2048",
+                                "agent.num_envs=4", "agent.num_steps=64", "agent.num_minibatches=2",
+                                "eval_interval=4", "eval_deterministic=false"]), tmp_path)
+    assert result["global_step"] == 2048
+    import ppo_lab
+    agent = ppo_lab.load(tmp_path)
+    assert agent.masked and agent.network.recurrent_state_size > 0
+    assert len(agent.evaluate(episodes=2, deterministic=False)["episodes"]) == 2
+
+
+def test_the_masked_replay_of_a_recurrent_rollout_gives_its_logprobs(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "userland"))
+    import mymasked  # noqa: F401  (registers MaskedChoice-v0)
+    from ppo_lab.config import ActionMasking
+    envs = gym.vector.SyncVectorEnv([lambda: gym.make("MaskedChoice-v0") for _ in range(3)],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    torch.manual_seed(4)
+    net = ActorCritic(envs.single_observation_space, envs.single_action_space, ActionType.discrete,
+                      hidden_sizes=[16], core="gru", core_size=8)
+    collector = RolloutCollector(envs, 25, 0, action_masking=ActionMasking.auto)
+    buf, _ = collector.collect(net)
+    assert buf.masks is not None and (~buf.masks).any() and (~buf.valid).any()
+    T, N = buf.valid.shape
+    logp, _, _ = net.evaluate_actions(torch.from_numpy(buf.obs.reshape(T * N, -1)),
+                                      torch.from_numpy(buf.actions.reshape(-1)),
+                                      mask=torch.from_numpy(buf.masks.reshape(T * N, -1)),
+                                      state=torch.from_numpy(buf.initial_state),
+                                      episode_start=torch.from_numpy(buf.episode_starts))
+    valid = buf.valid.reshape(-1)
+    np.testing.assert_allclose(logp.detach().numpy()[valid], buf.logprobs.reshape(-1)[valid], atol=1e-5)

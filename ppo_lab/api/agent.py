@@ -11,7 +11,7 @@ import torch
 
 from ppo_lab.commands.evaluate import restore_network
 from ppo_lab.config import ConfigError, TrainConfig
-from ppo_lab.envs import make_env, normalization_from_tensors
+from ppo_lab.envs import first_action_mask, make_env, mask_width, normalization_from_tensors
 from ppo_lab.io.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.io.package import download, is_package, read_package
 from ppo_lab.policies.distributions import action_rng
@@ -26,7 +26,9 @@ class Agent:
     """A trained policy with its run's config and frozen normalization statistics.
 
     Built by :func:`load`. Attributes: ``cfg`` (the run's :class:`TrainConfig`), ``checkpoint``
-    (the file loaded), ``run_dir``, ``global_step`` (env steps it was trained for), ``network``.
+    (the file loaded), ``run_dir``, ``global_step`` (env steps it was trained for), ``network``,
+    ``masked`` (the run trained with action masks: its ``agent.action_masking`` resolved on the
+    run's env, as the trainer did at its first reset).
     """
 
     def __init__(self, network: torch.nn.Module, cfg: TrainConfig, normalization: dict[str, Any],
@@ -36,7 +38,11 @@ class Agent:
         self.network.eval()
         probe = make_env(cfg.env)
         self.observation_space, self.action_space = probe.observation_space, probe.action_space
-        probe.close()
+        try:
+            self.masked = first_action_mask(cfg.agent.action_masking, *probe.reset(seed=cfg.seed),
+                                            self.action_space, cfg.env.id) is not None
+        finally:
+            probe.close()
         self._rng = action_rng(cfg.seed)
 
     def normalize(self, obs: np.ndarray) -> np.ndarray:
@@ -55,7 +61,7 @@ class Agent:
         state: Optional[Any] = None,
         episode_start: Optional[np.ndarray] = None,
         deterministic: bool = True,
-        action_mask: Optional[np.ndarray] = None,
+        action_masks: Optional[np.ndarray] = None,
     ) -> tuple[np.ndarray, Optional[Any]]:
         """The action for one observation or a batch (SB3's ``predict`` signature).
 
@@ -70,7 +76,10 @@ class Agent:
                 RecurrentPPO's ``episode_start``). None: no episode starts.
             deterministic: the mode (argmax / mean) instead of a sample (drawn from the agent's
                 own generator, seeded with the run's seed).
-            action_mask: not supported yet (no masked policies); must be None.
+            action_masks: ``(n,)`` / ``(B, n)`` (``sum(nvec)`` for MultiDiscrete) bool or int8,
+                1 = valid (``info["action_mask"]``, sb3-contrib MaskablePPO's keyword): masked
+                actions are never returned. None: every action is allowed (pass the env's masks
+                to a run that trained with them, ``agent.masked``).
 
         Returns:
             ``(action, state)``: ``action`` int64 ``()`` / ``(B,)`` (Discrete), ``(k,)`` /
@@ -80,10 +89,9 @@ class Agent:
 
         Raises:
             ValueError: an observation of the wrong shape, a ``state`` of the wrong shape (or
-                any state for a feed-forward policy), or a mask.
+                any state for a feed-forward policy), or masks of the wrong shape or for actions
+                that cannot be masked (Box, MultiBinary).
         """
-        if action_mask is not None:
-            raise ValueError("action_mask is not supported: ppo_lab's policies have no action masking yet")
         size = int(getattr(self.network, "recurrent_state_size", 0))
         if state is not None and not size:
             raise ValueError("state must be None: this policy is feed-forward (it has no recurrent state)")
@@ -93,11 +101,14 @@ class Agent:
         if not single and obs.shape[1:] != shape:
             raise ValueError(f"obs has shape {obs.shape}; allowed: {shape} (one) or (B, {', '.join(map(str, shape))}) (a batch)")
         batch = self.normalize(obs[None] if single else obs)
+        mask = None if action_masks is None else self._masks(action_masks, len(batch))
         policy = self.network.inference_policy()
         starts = None if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(len(batch))
         if size:
             policy.state = self._recurrent_state(state, len(batch), size)
-        action, _, _ = policy.act(batch, self._rng, deterministic, episode_start=starts)
+            action, _, _ = policy.act(batch, self._rng, deterministic, mask=mask, episode_start=starts)
+        else:
+            action, _, _ = policy.act(batch, self._rng, deterministic, mask=mask)
         if isinstance(self.action_space, gym.spaces.Box):
             action = np.clip(action, self.action_space.low, self.action_space.high)
         new_state = None if not size else (policy.state[0] if single else policy.state)
@@ -112,6 +123,19 @@ class Agent:
             raise ValueError(f"state has shape {state.shape}; allowed: ({batch}, {size}) (the state predict returned)")
         return state.copy()
 
+    def _masks(self, action_masks: Any, batch: int) -> np.ndarray:
+        """``action_masks`` as a ``(batch, width)`` bool array, or ValueError naming the shapes."""
+        width = mask_width(self.action_space)
+        if width is None:
+            raise ValueError(f"action_masks apply to Discrete and MultiDiscrete actions; this agent's action "
+                             f"space is {self.action_space}")
+        mask = np.asarray(action_masks).astype(bool)
+        if mask.shape == (width,):
+            mask = np.broadcast_to(mask, (batch, width))
+        if mask.shape != (batch, width):
+            raise ValueError(f"action_masks has shape {np.shape(action_masks)}; allowed: ({width},) or ({batch}, {width})")
+        return mask
+
     def make_env(self, render_mode: Optional[str] = None) -> gym.Env:
         """The run's own env, with its family's and the user's wrappers; its observations are
         raw (``predict`` normalizes them) and its actions are clipped by ``predict``."""
@@ -119,13 +143,13 @@ class Agent:
 
     def evaluate(self, episodes: int = 10, seed: int = 10_000, deterministic: bool = True) -> dict[str, Any]:
         """Episodes exactly as ``evaluate.py`` runs them for one seed: episode k reset with
-        ``seed + k``, normalization frozen.
+        ``seed + k``, normalization frozen, the env's action masks used when the run masked.
 
         Returns:
             ``{"episodes": [{"seed", "return", "length"}], "mean_return", "std_return"}``.
         """
         results = evaluate_policy(self.network.inference_policy(), self.cfg.env, episodes, seed,
-                                  deterministic, self.normalization)
+                                  deterministic, self.normalization, action_masking=self.cfg.agent.action_masking)
         returns = np.array([r for r, _ in results])
         return {"episodes": [{"seed": seed + k, "return": r, "length": n} for k, (r, n) in enumerate(results)],
                 "mean_return": float(returns.mean()), "std_return": float(returns.std())}

@@ -7,12 +7,17 @@ folded in as constants) and the deterministic action rule (argmax / per-componen
 Gaussian mean clipped to the action bounds), so it needs neither ppo_lab nor gymnasium to run:
 ``onnxruntime`` alone for ONNX, ``torch.jit.load`` alone for TorchScript.
 
-The file's one input and one output (``B`` is the batch size, dynamic):
+The file's inputs and its output (``B`` is the batch size, dynamic):
 
 * input ``obs``: ``(B, *obs_shape)`` raw observations as the env returns them; uint8 when the
   observation space is uint8 (pixels), float32 otherwise.
-* output ``action``: int64 ``(B,)`` (Discrete), int64 ``(B, k)`` (MultiDiscrete) or float32
-  ``(B, d)`` clipped to the Box bounds (continuous): what ``Agent.predict(obs)`` returns.
+* input ``action_mask`` (only for a run that trained with action masks, ``Agent.masked``):
+  ``(B, n)`` int8 (``(B, sum(nvec))`` for MultiDiscrete), 1 = valid, as the env's
+  ``info["action_mask"]``; masked logits are set to -1e8 before the argmax, so the output is
+  what ``Agent.predict(obs, action_masks=mask)`` returns.
+* output ``action``: int64 ``(B,)`` (Discrete), int64 ``(B, k)`` (MultiDiscrete), int64
+  ``(B, n)`` bits (MultiBinary) or float32 ``(B, d)`` clipped to the Box bounds (continuous):
+  what ``Agent.predict(obs)`` returns.
 
 Only feed-forward policies are exported: a recurrent one (``network=lstm|gru``) is refused, since
 the file would need the state as a second input and output (use ``ppo_lab.load(...).predict``
@@ -22,7 +27,7 @@ Refused, with a :class:`~ppo_lab.config.ConfigError` naming what and why: a form
 ``onnx`` / ``torchscript``; ONNX without the ``export`` extra (``onnx``); a network whose forward
 does not trace (Python control flow on tensor values, ``.item()``, numpy inside ``forward``, or a
 forward that is not torch at all), an ONNX exporter failure (an operator ONNX lacks); an action
-distribution other than ppo_lab's three; an observation space that is not one ``Box``; a
+distribution other than ppo_lab's four; an observation space that is not one ``Box``; a
 recurrent network.
 """
 
@@ -44,14 +49,14 @@ from torch import Tensor, nn
 
 from ppo_lab.api.agent import OBS_EPSILON, Agent, load
 from ppo_lab.config import ConfigError
-from ppo_lab.policies.distributions import Categorical, DiagGaussian, MultiCategorical
+from ppo_lab.policies.distributions import MASKED_LOGIT, Bernoulli, Categorical, DiagGaussian, MultiCategorical
 
 #: Allowed values of ``format=`` and the file suffix each writes.
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 #: ONNX opset of the written files (onnxruntime >= 1.12 runs it).
 OPSET = 17
-#: Names of the file's input and output.
-INPUT_NAME, OUTPUT_NAME = "obs", "action"
+#: Names of the file's input and output, and of the mask input of a masked run.
+INPUT_NAME, OUTPUT_NAME, MASK_NAME = "obs", "action", "action_mask"
 #: What to install for ``format=onnx``.
 ONNX_EXTRA = 'pip install -e ".[export]"'
 
@@ -59,9 +64,11 @@ ONNX_EXTRA = 'pip install -e ".[export]"'
 class DeterministicPolicy(nn.Module):
     """An agent's network as ``obs -> deterministic action``, normalization folded in.
 
-    ``forward(obs)``: ``obs`` ``(B, *obs_shape)``, uint8 for a uint8 observation space, else
-    float32 (the env's raw observations) -> ``action`` int64 ``(B,)`` (Discrete), int64
-    ``(B, k)`` (MultiDiscrete) or float32 ``(B, d)`` (Box, clipped to its bounds).
+    ``forward(obs[, action_mask])``: ``obs`` ``(B, *obs_shape)``, uint8 for a uint8 observation
+    space, else float32 (the env's raw observations), and for a masked run ``action_mask``
+    ``(B, n)`` int8 (1 = valid) -> ``action`` int64 ``(B,)`` (Discrete), int64 ``(B, k)``
+    (MultiDiscrete), int64 ``(B, n)`` (MultiBinary) or float32 ``(B, d)`` (Box, clipped to its
+    bounds).
 
     The normalization is :meth:`Agent.normalize` op for op: the observation is cast to the dtype
     numpy computes ``(obs - mean) / sqrt(var + 1e-8)`` in (float64 for the saved float64
@@ -74,7 +81,7 @@ class DeterministicPolicy(nn.Module):
 
     Raises:
         ConfigError: the observation space is not a ``Box``, the network is recurrent, or the
-            network's ``dist`` is not ppo_lab's Categorical, MultiCategorical or DiagGaussian.
+            network's ``dist`` is not ppo_lab's Categorical, MultiCategorical, Bernoulli or DiagGaussian.
     """
 
     def __init__(self, agent: Agent) -> None:
@@ -103,9 +110,15 @@ class DeterministicPolicy(nn.Module):
             self.kind, self.nvec = "multidiscrete", list(dist.nvec)
         elif isinstance(dist, Categorical):
             self.kind = "discrete"
+        elif isinstance(dist, Bernoulli):
+            self.kind = "multibinary"
         else:
             raise ConfigError(f"cannot export {name}: its action distribution {type(dist).__name__} has no "
-                              "deterministic action here; allowed: ppo_lab's Categorical, MultiCategorical, DiagGaussian")
+                              "deterministic action here; allowed: ppo_lab's Categorical, MultiCategorical, "
+                              "Bernoulli, DiagGaussian")
+        #: The file takes an ``action_mask`` input (the run trained with masks).
+        self.masked = bool(getattr(agent, "masked", False)) and self.kind in ("discrete", "multidiscrete")
+        self.mask_width = int(sum(self.nvec)) if self.kind == "multidiscrete" else int(getattr(agent.action_space, "n", 0))
         stats = agent.normalization.get("obs")
         self.normalized = stats is not None
         if self.normalized:
@@ -115,8 +128,9 @@ class DeterministicPolicy(nn.Module):
             self.register_buffer("obs_std", torch.as_tensor(std.astype(dtype)))
             self.clip_obs = float(agent.cfg.env.clip_obs)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        """``obs`` ``(B, *obs_shape)`` uint8/float32 -> ``action`` (see the class docstring)."""
+    def forward(self, obs: Tensor, action_mask: Optional[Tensor] = None) -> Tensor:
+        """``obs`` ``(B, *obs_shape)`` uint8/float32 (and ``action_mask`` ``(B, n)`` int8 for a
+        masked run) -> ``action`` (see the class docstring)."""
         x = obs
         if self.normalized:
             x = ((x.to(self.obs_mean.dtype) - self.obs_mean) / self.obs_std).to(torch.float32)
@@ -124,10 +138,14 @@ class DeterministicPolicy(nn.Module):
         elif x.dtype != torch.uint8:
             x = x.to(torch.float32)
         params = self.network(x)[0].to(torch.float32)
+        if action_mask is not None:  # distributions.apply_mask_torch, as Agent.predict(action_masks=...)
+            params = torch.where(action_mask != 0, params, torch.full_like(params, MASKED_LOGIT))
         if self.kind == "continuous":
             return torch.minimum(torch.maximum(params, self.low), self.high)  # np.clip(mean, low, high)
         if self.kind == "multidiscrete":
             return torch.stack([p.argmax(dim=-1) for p in torch.split(params, self.nvec, dim=-1)], dim=-1)
+        if self.kind == "multibinary":
+            return (params > 0).to(torch.int64)
         return params.argmax(dim=-1)
 
     def example_inputs(self, batch: int, seed: int = 0) -> Tensor:
@@ -137,6 +155,21 @@ class DeterministicPolicy(nn.Module):
             return torch.as_tensor(rng.integers(0, 256, (batch, *self.obs_shape), dtype=np.uint8))
         return torch.as_tensor(rng.standard_normal((batch, *self.obs_shape), dtype=np.float32))
 
+    def example_args(self, batch: int, seed: int = 0) -> tuple[Tensor, ...]:
+        """The file's inputs for a batch: ``(obs,)``, or ``(obs, action_mask)`` for a masked run
+        (a random int8 mask with the first action of each row, or component, valid)."""
+        obs = self.example_inputs(batch, seed)
+        if not self.masked:
+            return (obs,)
+        mask = np.random.default_rng(seed + 1).integers(0, 2, (batch, self.mask_width), dtype=np.int8)
+        starts = np.concatenate([[0], np.cumsum(self.nvec)[:-1]]) if self.kind == "multidiscrete" else [0]
+        mask[:, starts] = 1
+        return obs, torch.as_tensor(mask)
+
+    def input_names(self) -> list[str]:
+        """``["obs"]``, or ``["obs", "action_mask"]`` for a masked run."""
+        return [INPUT_NAME, MASK_NAME] if self.masked else [INPUT_NAME]
+
 
 def metadata(agent: Agent, policy: DeterministicPolicy) -> dict[str, str]:
     """What the file was made from (ONNX ``metadata_props`` / TorchScript extra file ``ppo_lab.json``)."""
@@ -145,7 +178,8 @@ def metadata(agent: Agent, policy: DeterministicPolicy) -> dict[str, str]:
         "ppo_lab.env_id": str(agent.cfg.env.id), "ppo_lab.network": type(agent.network).__name__,
         "ppo_lab.observation_space": str(agent.observation_space), "ppo_lab.action_space": str(agent.action_space),
         "ppo_lab.obs_normalization_folded_in": str(policy.normalized).lower(),
-        "ppo_lab.input": f"{INPUT_NAME}: (B, {', '.join(map(str, policy.obs_shape))}) {np.dtype(policy.input_dtype).name}",
+        "ppo_lab.input": f"{INPUT_NAME}: (B, {', '.join(map(str, policy.obs_shape))}) {np.dtype(policy.input_dtype).name}"
+                         + (f"; {MASK_NAME}: (B, {policy.mask_width}) int8, 1 = valid" if policy.masked else ""),
         "ppo_lab.output": f"{OUTPUT_NAME}: {_output_doc(policy)}",
     }
 
@@ -155,6 +189,8 @@ def _output_doc(policy: DeterministicPolicy) -> str:
         return f"(B, {policy.low.numel()}) float32, clipped to the action bounds"
     if policy.kind == "multidiscrete":
         return f"(B, {len(policy.nvec)}) int64"
+    if policy.kind == "multibinary":
+        return "(B, n) int64 bits"
     return "(B,) int64"
 
 
@@ -204,8 +240,8 @@ def trace(policy: DeterministicPolicy) -> torch.jit.ScriptModule:
     """
     try:
         with _StrictTracing(), torch.no_grad():
-            return torch.jit.trace(policy, policy.example_inputs(2),
-                                   check_inputs=[(policy.example_inputs(5, seed=1),)])
+            return torch.jit.trace(policy, policy.example_args(2),
+                                   check_inputs=[policy.example_args(5, seed=1)])
     except Exception as exc:  # the tracer raises many kinds: TracerWarning, TracingCheckError, RuntimeError...
         raise _untraceable(policy, exc) from exc
 
@@ -254,9 +290,9 @@ def export_onnx(agent: Agent, path: str | Path, opset: int = OPSET) -> Path:
     try:
         with _StrictTracing(), torch.no_grad():
             torch.onnx.export(
-                policy, (policy.example_inputs(2),), str(path), dynamo=False, opset_version=opset,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                policy, policy.example_args(2), str(path), dynamo=False, opset_version=opset,
+                input_names=policy.input_names(), output_names=[OUTPUT_NAME],
+                dynamic_axes={**{name: {0: "batch"} for name in policy.input_names()}, OUTPUT_NAME: {0: "batch"}},
             )
     except Exception as exc:
         path.unlink(missing_ok=True)

@@ -67,7 +67,7 @@ def evaluate_checkpoint(cfg: EvaluateConfig) -> dict[str, Any]:
     for seed in cfg.eval_seeds:
         video_dir = str(out_dir / "videos" / f"seed_{seed}") if cfg.video else None
         results = evaluate_policy(policy, train_cfg.env, cfg.eval_episodes, seed, cfg.deterministic,
-                                  norm, video_dir=video_dir)
+                                  norm, video_dir=video_dir, action_masking=train_cfg.agent.action_masking)
         episodes += [{"seed": seed + k, "return": r, "length": n} for k, (r, n) in enumerate(results)]
     returns = np.array([e["return"] for e in episodes])
     summary = {

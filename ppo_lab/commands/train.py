@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppo_lab.config import ConfigError, TrainConfig, apply_aliases, migrate, to_typed
 from ppo_lab.config.targets import instantiate_node
-from ppo_lab.envs import env_family, make_vec_env
+from ppo_lab.envs import check_masks_available, env_family, make_vec_env
 from ppo_lab.io.checkpoint import CheckpointError, find_checkpoint, load_checkpoint, run_dir_of
 from ppo_lab.io.sinks import SinkContext, build_sinks
 from ppo_lab.policies import build_network
@@ -117,6 +117,7 @@ def train(
 
     # 1. Environment (its family decides whether its state can be checkpointed exactly).
     family = env_family(typed.env)
+    check_masks_available(typed.env, typed.agent.action_masking, typed.seed)  # action_masking=on: fail before any write
     envs = make_vec_env(typed.env, typed.agent.num_envs, typed.agent.gamma)
     sinks = None
     try:

@@ -4,6 +4,7 @@ aliases, and the checks of ``_target_`` nodes (what a user plugs in)."""
 from ppo_lab.config.schema import (
     BUILTIN_NETWORK,
     ActionConfig,
+    ActionMasking,
     ActionType,
     AgentConfig,
     ConfigError,
@@ -29,7 +30,7 @@ from ppo_lab.config.validation import (
 )
 
 __all__ = [
-    "ALIASES", "BUILTIN_NETWORK", "ActionConfig", "ActionType", "AgentConfig", "ConfigError",
+    "ALIASES", "BUILTIN_NETWORK", "ActionConfig", "ActionMasking", "ActionType", "AgentConfig", "ConfigError",
     "EnvConfig", "EvalLoggerConfig", "EvaluateConfig", "LossType", "NetworkConfig", "TrainConfig",
     "apply_aliases", "check_config_keys", "check_override_keys",
     "is_builtin_network", "migrate", "register_configs", "rewrite_alias_args", "to_typed",

@@ -31,6 +31,18 @@ class ActionType(enum.Enum):
     continuous = "continuous"
 
 
+class ActionMasking(enum.Enum):
+    """Invalid-action masking (``agent.action_masking``): ``auto`` masks when the env provides
+    masks (looked for at the first reset), ``on`` requires them (a ConfigError before training
+    when the env gives none), ``off`` ignores them. Masks are read from ``info["action_mask"]``
+    (gymnasium's Taxi convention) or a Dict observation's ``action_mask`` entry (PettingZoo's);
+    ``envs/masks.py``."""
+
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class LossType(enum.Enum):
     """Policy objective: ``clip`` (PPO-clip, eq. 7 of Schulman et al. 2017) or ``kl_penalty``
     (adaptive KL penalty, eq. 8 and section 4 of the same paper)."""
@@ -132,6 +144,11 @@ class AgentConfig:
     kl_target: float = 0.01
     #: Initial KL penalty coefficient beta (loss=kl_penalty only).
     kl_beta: float = 1.0
+    #: Invalid-action masking: ``auto`` (mask when the env provides masks), ``on`` (require them)
+    #: or ``off``. A mask is int8/bool ``(n,)`` (``(sum(nvec),)`` for MultiDiscrete), 1 = valid;
+    #: masked actions get logit -1e8, so they are never sampled and log-probs and entropies are
+    #: over the valid actions (sb3-contrib MaskablePPO). Discrete / MultiDiscrete actions only.
+    action_masking: ActionMasking = ActionMasking.auto
     #: Alias of ``clip_coef`` (``agent.clip=0.1``); copied into clip_coef at start.
     clip: Optional[float] = None
     #: Alias of ``learning_rate`` (``agent.lr=1e-3``); copied into learning_rate at start.

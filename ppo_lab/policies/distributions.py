@@ -14,7 +14,15 @@ Both compute the same quantities (pinned against ``torch.distributions`` in
 ``tests/test_distributions.py``), so the log-probabilities stored during the rollout and the
 ones recomputed in the first minibatch agree to float32 rounding (ratio 1).
 
-Shapes: ``B`` is the batch, ``n`` the number of discrete actions, ``d`` the action dimension.
+Invalid-action masking (``agent.action_masking``): the discrete distributions take an optional
+``mask`` ``(B, n)`` bool (``(B, sum(nvec))`` for MultiCategorical), True = valid. Invalid logits
+are replaced by :data:`MASKED_LOGIT` before anything else (sb3-contrib MaskableCategorical), so a
+masked action's probability is exactly 0 in float32: it is never sampled, the log-probabilities
+renormalize over the valid actions and the entropy is over them only (``0 * -1e8 = 0``, no NaN);
+its logit gets no gradient. ``mask=None`` is the plain path, with no extra work.
+
+Shapes: ``B`` is the batch, ``n`` the number of discrete actions (or bits), ``d`` the action
+dimension.
 """
 
 from __future__ import annotations
@@ -30,6 +38,25 @@ LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
 _LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
+#: The logit of a masked (invalid) action, as sb3-contrib's MaskableCategorical: exp(-1e8 - max)
+#: is exactly 0 in float32, and it stays finite, so no inf - inf or 0 * inf NaN anywhere.
+MASKED_LOGIT = -1e8
+
+
+def apply_mask(logits: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``logits`` ``(B, n)`` with the entries where ``mask`` ``(B, n)`` is False set to
+    :data:`MASKED_LOGIT` (numpy); ``logits`` itself when ``mask`` is None."""
+    if mask is None:
+        return logits
+    return np.where(mask, logits, np.float32(MASKED_LOGIT))
+
+
+def apply_mask_torch(logits: Tensor, mask: Tensor | None) -> Tensor:
+    """:func:`apply_mask` in torch (differentiable: a masked logit gets no gradient)."""
+    if mask is None:
+        return logits
+    return torch.where(mask.bool(), logits, torch.full_like(logits, MASKED_LOGIT))
+
 
 def action_rng(seed: int) -> np.random.Generator:
     """The generator a run's actions are drawn from, for a given seed.
@@ -44,20 +71,27 @@ def action_rng(seed: int) -> np.random.Generator:
 class Categorical:
     """Categorical distribution over ``n`` actions, parameterized by unnormalized logits ``(B, n)``."""
 
-    def sample(self, logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, logits: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Draw one action per row; return it with its log-probability (the rollout's hot path).
 
         Exponential race (Gumbel-max in disguise): ``argmax_i p_i / E_i`` with
         ``E_i ~ Exp(1)`` picks ``i`` with probability ``p_i``; the probabilities need not be
         normalized for the argmax, so one ``exp`` serves the draw and the log-probability.
 
+        A masked action has weight exactly 0 (module docstring), and the row's most likely valid
+        action has weight 1, so the argmax never lands on a masked action.
+
         Args:
             logits: ``(B, n)`` float32.
             rng: the generator the draws come from.
+            mask: ``(B, n)`` bool, True = valid; None: every action is valid.
 
         Returns:
             ``(B,)`` int64 actions and their ``(B,)`` float32 log pi(a|s).
         """
+        logits = apply_mask(logits, mask)
         shifted = logits - logits.max(axis=-1, keepdims=True)
         weights = np.exp(shifted)
         # float64 draws: a float32 Exp(1) draw is exactly 0 about once in 2**23, and a zero would
@@ -66,20 +100,25 @@ class Categorical:
         log_norm = np.log(weights.sum(axis=-1))
         return action, shifted[np.arange(len(action)), action] - log_norm
 
-    def mode(self, logits: np.ndarray) -> np.ndarray:
-        """``(B,)`` most likely action (deterministic evaluation)."""
-        return logits.argmax(axis=-1)
+    def mode(self, logits: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """``(B,)`` most likely (valid) action (deterministic evaluation)."""
+        return apply_mask(logits, mask).argmax(axis=-1)
 
-    def log_prob(self, logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """``(B,)`` log pi(a|s) of ``actions`` ``(B,)`` (numpy)."""
+    def log_prob(self, logits: np.ndarray, actions: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """``(B,)`` log pi(a|s) of ``actions`` ``(B,)`` (numpy), renormalized over the valid
+        actions when ``mask`` ``(B, n)`` is given."""
+        logits = apply_mask(logits, mask)
         shifted = logits - logits.max(axis=-1, keepdims=True)
         log_norm = np.log(np.exp(shifted).sum(axis=-1))
         return shifted[np.arange(len(actions)), actions.astype(np.int64)] - log_norm
 
-    def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+    def log_prob_entropy(
+        self, logits: Tensor, actions: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Training: ``(B,)`` log-probabilities of ``actions`` ``(B,)`` and ``(B,)`` entropies
-        under ``logits`` ``(B, n)`` (torch, differentiable), sharing one log-softmax."""
-        logp = torch.log_softmax(logits, dim=-1)
+        under ``logits`` ``(B, n)`` (torch, differentiable), sharing one log-softmax; over the
+        valid actions of ``mask`` ``(B, n)`` when given (a masked action adds 0 * -1e8 = 0)."""
+        logp = torch.log_softmax(apply_mask_torch(logits, mask), dim=-1)
         entropy = -(logp.exp() * logp).sum(dim=-1)
         return logp.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1), entropy
 
@@ -97,29 +136,68 @@ class MultiCategorical:
         self._bounds = np.cumsum(self.nvec)[:-1]
         self._cat = Categorical()
 
-    def _split(self, logits: np.ndarray) -> list[np.ndarray]:
-        return np.split(logits, self._bounds, axis=-1)
+    def _split(self, array: np.ndarray | None) -> list[np.ndarray | None]:
+        """``(B, sum(nvec))`` logits or mask -> one ``(B, n_i)`` part per component (Nones for None)."""
+        if array is None:
+            return [None] * len(self.nvec)
+        return np.split(array, self._bounds, axis=-1)
 
-    def sample(self, logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(
+        self, logits: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """``(B, k)`` int64 actions and their ``(B,)`` summed log-probabilities, from logits
-        ``(B, sum(nvec))``."""
-        parts = [self._cat.sample(lg, rng) for lg in self._split(logits)]
+        ``(B, sum(nvec))`` (``mask`` ``(B, sum(nvec))``: each component masked by its own part)."""
+        parts = [self._cat.sample(lg, rng, m) for lg, m in zip(self._split(logits), self._split(mask))]
         return np.stack([a for a, _ in parts], axis=-1), np.sum([lp for _, lp in parts], axis=0)
 
+    def mode(self, logits: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """``(B, k)`` most likely (valid) choice of each component."""
+        return np.stack([self._cat.mode(lg, m) for lg, m in zip(self._split(logits), self._split(mask))], axis=-1)
+
+    def log_prob(self, logits: np.ndarray, actions: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """``(B,)`` summed log-probabilities of ``actions`` ``(B, k)`` (numpy)."""
+        return np.sum([self._cat.log_prob(lg, actions[:, i], m)
+                       for i, (lg, m) in enumerate(zip(self._split(logits), self._split(mask)))], axis=0)
+
+    def log_prob_entropy(
+        self, logits: Tensor, actions: Tensor, mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Training: ``(B,)`` summed log-probabilities and ``(B,)`` summed entropies (torch)."""
+        masks = [None] * len(self.nvec) if mask is None else torch.split(mask, self.nvec, dim=-1)
+        parts = [self._cat.log_prob_entropy(lg, actions[..., i], m)
+                 for i, (lg, m) in enumerate(zip(torch.split(logits, self.nvec, dim=-1), masks))]
+        return torch.stack([p[0] for p in parts]).sum(0), torch.stack([p[1] for p in parts]).sum(0)
+
+
+class Bernoulli:
+    """Independent Bernoulli bits, one per entry of a ``MultiBinary(n)`` space, parameterized by
+    logits ``(B, n)`` (P(bit = 1) = sigmoid(logit)); log-probs and entropies summed over bits
+    (as sb3's BernoulliDistribution). Pinned against ``torch.distributions.Bernoulli``."""
+
+    def sample(self, logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """``(B, n)`` int64 bits (bit i is 1 when a uniform draw is below sigmoid(logit_i)) and
+        their ``(B,)`` float32 summed log-probabilities."""
+        prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+        bits = (rng.random(logits.shape) < prob).astype(np.int64)
+        return bits, self.log_prob(logits, bits)
+
     def mode(self, logits: np.ndarray) -> np.ndarray:
-        """``(B, k)`` most likely choice of each component."""
-        return np.stack([lg.argmax(axis=-1) for lg in self._split(logits)], axis=-1)
+        """``(B, n)`` most likely bits: 1 where the logit is > 0."""
+        return (logits > 0).astype(np.int64)
 
     def log_prob(self, logits: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        """``(B,)`` summed log-probabilities of ``actions`` ``(B, k)`` (numpy)."""
-        return np.sum([self._cat.log_prob(lg, actions[:, i]) for i, lg in enumerate(self._split(logits))],
-                      axis=0)
+        """``(B,)`` summed log-probabilities of bits ``actions`` ``(B, n)``:
+        ``a * l - softplus(l)`` per bit (numpy, float32)."""
+        logits = logits.astype(np.float32)
+        return (actions * logits - np.logaddexp(np.float32(0.0), logits)).sum(axis=-1).astype(np.float32)
 
     def log_prob_entropy(self, logits: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
-        """Training: ``(B,)`` summed log-probabilities and ``(B,)`` summed entropies (torch)."""
-        parts = [self._cat.log_prob_entropy(lg, actions[..., i])
-                 for i, lg in enumerate(torch.split(logits, self.nvec, dim=-1))]
-        return torch.stack([p[0] for p in parts]).sum(0), torch.stack([p[1] for p in parts]).sum(0)
+        """Training: ``(B,)`` summed log-probabilities of bits ``actions`` ``(B, n)`` and ``(B,)``
+        summed entropies ``softplus(l) - l * sigmoid(l)`` (torch, differentiable)."""
+        softplus = torch.nn.functional.softplus(logits)
+        logp = (actions.to(logits.dtype) * logits - softplus).sum(dim=-1)
+        entropy = (softplus - logits * torch.sigmoid(logits)).sum(dim=-1)
+        return logp, entropy
 
 
 class DiagGaussian:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ppo_lab.policies.distributions import Categorical, MultiCategorical
 from ppo_lab.policies.layers import MLP
 
 if TYPE_CHECKING:
@@ -68,7 +69,7 @@ class InferencePolicy:
 
     def act(
         self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False,
-        episode_start: np.ndarray | None = None,
+        mask: np.ndarray | None = None, episode_start: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Choose actions for a batch of observations.
 
@@ -76,16 +77,31 @@ class InferencePolicy:
             obs: ``(B, *obs_shape)`` as the env returned them.
             rng: the generator the sampled actions are drawn from (unused when deterministic).
             deterministic: take the mode (argmax / mean) instead of sampling.
+            mask: ``(B, n)`` (``(B, sum(nvec))`` for MultiDiscrete) bool, True = valid: invalid
+                actions are never chosen and log-probs are over the valid ones
+                (``distributions.MASKED_LOGIT``). None: every action is valid.
             episode_start: ``(B,)`` bool, True where ``obs`` is an episode's first observation:
                 a recurrent policy zeroes those rows of its state first (None: no episode starts).
                 Feed-forward policies ignore it.
 
         Returns:
-            actions ``(B,)`` int64 (``(B, k)`` for MultiDiscrete) or ``(B, d)`` float32
-            (unclipped), their float32 log-probs ``(B,)``, values ``(B,)``.
+            actions ``(B,)`` int64 (``(B, k)`` for MultiDiscrete, ``(B, n)`` bits for
+            MultiBinary) or ``(B, d)`` float32 (unclipped), their float32 log-probs ``(B,)``,
+            values ``(B,)``.
+
+        Raises:
+            ValueError: a mask for a distribution that has none (Gaussian, Bernoulli).
         """
         params, value = self.step(obs, episode_start)
         dist_args = (params, self.log_std) if self.continuous else (params,)
+        if mask is not None:
+            if not isinstance(self.dist, (Categorical, MultiCategorical)):
+                raise ValueError(f"action masks apply to Discrete and MultiDiscrete actions; this policy's "
+                                 f"distribution is {type(self.dist).__name__}")
+            if deterministic:
+                action = self.dist.mode(params, mask)
+                return action, self.dist.log_prob(params, action, mask), value
+            return (*self.dist.sample(params, rng, mask), value)
         if deterministic:
             action = self.dist.mode(params)
             return action, self.dist.log_prob(*dist_args, action), value

@@ -14,9 +14,14 @@ pixels stay uint8, everything else float32):
 
 * ``forward(obs) -> (dist_params, value)``: ``obs`` ``(B, *obs_shape)``; ``dist_params``
   float ``(B, n)`` logits (``Discrete(n)``; for ``MultiDiscrete`` the components' logits side by
-  side, ``sum(nvec)``) or ``(B, d)`` means (``Box(d,)``); ``value`` float ``(B,)``.
-* ``evaluate_actions(obs, actions) -> (log_prob, entropy, value)``, each float ``(B,)``, for
-  stored ``actions`` ``(B,)`` int64, ``(B, k)`` int64 or ``(B, d)`` float32: the loss's inputs.
+  side, ``sum(nvec)``; for ``MultiBinary(n)`` one logit per bit) or ``(B, d)`` means
+  (``Box(d,)``); ``value`` float ``(B,)``.
+* ``evaluate_actions(obs, actions, mask=None) -> (log_prob, entropy, value)``, each float
+  ``(B,)``, for stored ``actions`` ``(B,)`` int64, ``(B, k)`` int64 (MultiDiscrete), ``(B, n)``
+  int64 bits (MultiBinary) or ``(B, d)`` float32: the loss's inputs. ``mask`` ``(B, n)`` /
+  ``(B, sum(nvec))`` bool (True = valid) when the run masks invalid actions
+  (``agent.action_masking``), passed on to ``dist.log_prob_entropy``; the trainer passes it only
+  when it has masks, so a network that never masks may keep ``evaluate_actions(obs, actions)``.
 * ``inference_policy() -> InferencePolicy``: a numpy-in, numpy-out acting policy of the current
   weights (``policies/inference.py``), taken once per rollout and per evaluation.
 * ``after_optimizer_step() -> None``: called after every optimizer step (the base class keeps
@@ -47,7 +52,14 @@ import torch
 from torch import Tensor, nn
 
 from ppo_lab.config import ActionType, ConfigError
-from ppo_lab.policies.distributions import LOG_STD_MAX, LOG_STD_MIN, Categorical, DiagGaussian, MultiCategorical
+from ppo_lab.policies.distributions import (
+    LOG_STD_MAX,
+    LOG_STD_MIN,
+    Bernoulli,
+    Categorical,
+    DiagGaussian,
+    MultiCategorical,
+)
 from ppo_lab.policies.inference import InferencePolicy, NetworkPolicy
 
 #: The methods and attributes every network must have (see the module docstring).
@@ -65,7 +77,8 @@ class ActorCriticBase(nn.Module):
 
     Args:
         observation_space: the single env's observation space.
-        action_space: ``Discrete``, ``MultiDiscrete`` with a 1-D ``nvec``, or a 1-D ``Box``.
+        action_space: ``Discrete``, ``MultiDiscrete`` with a 1-D ``nvec``, ``MultiBinary(n)``
+            (1-D), or a 1-D ``Box``.
         action_type: the configured action type; must match ``action_space``.
         log_std_init: initial log std (continuous only).
 
@@ -95,6 +108,9 @@ class ActorCriticBase(nn.Module):
         elif isinstance(action_space, gym.spaces.MultiDiscrete):
             self.action_dim = int(np.sum(action_space.nvec))
             self.dist = MultiCategorical(list(action_space.nvec.reshape(-1)))
+        elif isinstance(action_space, gym.spaces.MultiBinary):
+            self.action_dim = int(action_space.n)
+            self.dist = Bernoulli()
         else:
             self.action_dim = int(action_space.n)
             self.dist = Categorical()
@@ -113,10 +129,12 @@ class ActorCriticBase(nn.Module):
         return self.log_std.clamp(LOG_STD_MIN, LOG_STD_MAX)
 
     def evaluate_actions(
-        self, obs: Tensor, actions: Tensor, state: Tensor | None = None, episode_start: Tensor | None = None,
+        self, obs: Tensor, actions: Tensor, mask: Tensor | None = None, state: Tensor | None = None,
+        episode_start: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under the
-        current policy. Recurrent networks: ``obs`` and ``actions`` are ``(T * B, ...)`` time-major
+        """Log-probs ``(B,)``, entropies ``(B,)`` and values ``(B,)`` of stored ``actions`` under
+        the current policy; with ``mask`` ``(B, n)`` bool (True = valid), over the valid actions.
+        Recurrent networks: ``obs``, ``actions`` and ``mask`` are ``(T * B, ...)`` time-major
         sequences replayed from ``state`` ``(B, S)`` with ``episode_start`` ``(T, B)``; the outputs
         are ``(T * B,)``."""
         if self.recurrent_state_size:
@@ -125,6 +143,8 @@ class ActorCriticBase(nn.Module):
             params, value = self(obs)
         if self.continuous:
             logp, ent = self.dist.log_prob_entropy(params, self.clamped_log_std(), actions)
+        elif mask is not None:
+            logp, ent = self.dist.log_prob_entropy(params, actions, mask)
         else:
             logp, ent = self.dist.log_prob_entropy(params, actions)
         return logp, ent, value
@@ -168,15 +188,21 @@ def check_network(network: object, target: str) -> None:
 
 
 def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
-    """Raise :class:`ConfigError` unless ``action_type`` fits ``action_space``: Discrete or
-    MultiDiscrete with a 1-D ``nvec`` for ``discrete``, a 1-D Box for ``continuous`` (the rollout
-    buffer and the samplers hold actions as ``(B,)``, ``(B, k)`` or ``(B, d)``)."""
-    if isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+    """Raise :class:`ConfigError` unless ``action_type`` fits ``action_space``: Discrete,
+    MultiDiscrete with a 1-D ``nvec`` or MultiBinary with a 1-D shape for ``discrete``, a 1-D Box
+    for ``continuous`` (the rollout buffer and the samplers hold actions as ``(B,)``, ``(B, k)``,
+    ``(B, n)`` or ``(B, d)``)."""
+    if isinstance(action_space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
         actual = ActionType.discrete
         if isinstance(action_space, gym.spaces.MultiDiscrete) and action_space.nvec.ndim != 1:
             raise ConfigError(
                 f"action space {action_space} has nvec of shape {action_space.nvec.shape}; allowed: "
-                "Discrete, or MultiDiscrete with a 1-D nvec"
+                "Discrete, MultiDiscrete with a 1-D nvec, or MultiBinary with a 1-D shape"
+            )
+        if isinstance(action_space, gym.spaces.MultiBinary) and len(action_space.shape) != 1:
+            raise ConfigError(
+                f"action space {action_space} has shape {action_space.shape}; allowed: Discrete, "
+                "MultiDiscrete with a 1-D nvec, or MultiBinary with a 1-D shape (MultiBinary(n))"
             )
     elif isinstance(action_space, gym.spaces.Box):
         actual = ActionType.continuous
@@ -187,8 +213,9 @@ def check_action_type(action_space: gym.Space, action_type: ActionType) -> None:
             )
     else:
         raise ConfigError(
-            f"action space {action_space} is not supported; allowed: Discrete or MultiDiscrete "
-            "(action=discrete), Box (action=continuous)"
+            f"action space {action_space} is not supported; allowed: Discrete, MultiDiscrete or "
+            "MultiBinary (action=discrete), Box (action=continuous); Dict and Tuple action spaces "
+            "are not supported"
         )
     if actual is not action_type:
         raise ConfigError(

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ppo_lab.envs import completed_episodes
+from ppo_lab.config import ActionMasking
+from ppo_lab.envs import completed_episodes, first_action_mask, read_action_mask
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
 from ppo_lab.policies.encoders import buffer_dtype
@@ -38,8 +39,8 @@ class RolloutBuffer:
     Attributes:
         obs: ``(T, N, *obs_shape)`` observation each action was taken in: uint8 for pixels,
             int64 for Discrete / MultiDiscrete spaces, float32 otherwise (``encoders.buffer_dtype``).
-        actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete) or ``(T, N, d)`` float32
-            (the unclipped sampled actions).
+        actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete), ``(T, N, n)`` int64 bits
+            (MultiBinary) or ``(T, N, d)`` float32 (the unclipped sampled actions).
         logprobs: ``(T, N)`` float32 log pi_old(a|s).
         values: ``(T, N)`` float32 V_old(s).
         rewards: ``(T, N)`` float32, as the (possibly normalized) env returned them.
@@ -51,6 +52,8 @@ class RolloutBuffer:
             (the step after an autoreset step, and the first step after ``envs.reset``).
         initial_state: ``(N, S)`` float32 the recurrent state before step 0 (recurrent policies;
             None otherwise): the loss replays each env's sequence from it.
+        masks: ``(T, N, n)`` bool action mask valid in ``obs`` (True = valid; ``n`` is
+            ``sum(nvec)`` for MultiDiscrete), or None when the run does not mask.
     """
 
     obs: np.ndarray
@@ -64,6 +67,7 @@ class RolloutBuffer:
     next_value: np.ndarray
     episode_starts: np.ndarray
     initial_state: Optional[np.ndarray] = None
+    masks: Optional[np.ndarray] = None
 
     @classmethod
     def allocate(cls, num_steps: int, envs: gym.vector.VectorEnv) -> "RolloutBuffer":
@@ -73,7 +77,7 @@ class RolloutBuffer:
         obs_dtype = buffer_dtype(obs_space)
         if isinstance(act_space, gym.spaces.Box):
             actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.float32)
-        elif isinstance(act_space, gym.spaces.MultiDiscrete):
+        elif isinstance(act_space, (gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
             actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.int64)
         else:
             actions = np.zeros((num_steps, n), dtype=np.int64)
@@ -111,18 +115,21 @@ class RolloutBuffer:
             valid_mask=torch.from_numpy(self.valid).to(device),
             episode_starts=torch.from_numpy(self.episode_starts).to(device),
             initial_state=None if self.initial_state is None else torch.from_numpy(self.initial_state).to(device),
+            masks=None if self.masks is None else flat(self.masks),
         )
 
 
 @dataclass
 class Minibatch:
     """One minibatch of ``M`` valid steps: ``obs`` ``(M, *obs_shape)``, ``actions`` ``(M, ...)``,
-    ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values).
+    ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values),
+    ``masks`` ``(M, n)`` bool (None when the run does not mask).
 
     Sequence minibatches (recurrent policies) hold whole env sequences instead: ``obs`` and
     ``actions`` are ``(T * m, ...)`` time-major over ``m`` envs, ``state`` ``(m, S)`` is their state
     before step 0, ``episode_starts`` ``(T, m)``, and ``select`` ``(M,)`` int64 picks the ``M``
-    valid steps out of the ``T * m`` the network replays (the other fields are those ``M``).
+    valid steps out of the ``T * m`` the network replays (the other fields are those ``M``;
+    ``masks`` are ``(T * m, n)``, as the network replays them).
     """
 
     obs: Tensor
@@ -134,6 +141,7 @@ class Minibatch:
     state: Optional[Tensor] = None
     episode_starts: Optional[Tensor] = None
     select: Optional[Tensor] = None
+    masks: Optional[Tensor] = None
 
 
 @dataclass
@@ -146,6 +154,7 @@ class TrainingBatch:
         num_envs: ``N``.
         valid_mask, episode_starts: ``(T, N)`` bool.
         initial_state: ``(N, S)`` the recurrent state before step 0, or None (feed-forward).
+        masks: ``(T * N, n)`` bool action masks, or None when the run does not mask.
     """
 
     obs: Tensor
@@ -159,6 +168,7 @@ class TrainingBatch:
     valid_mask: Optional[Tensor] = None
     episode_starts: Optional[Tensor] = None
     initial_state: Optional[Tensor] = None
+    masks: Optional[Tensor] = None
 
     def minibatches(self, num_minibatches: int) -> list[Minibatch]:
         """One epoch: the valid steps in a fresh random order (torch's global generator, on the
@@ -169,9 +179,12 @@ class TrainingBatch:
         """
         valid = self.valid
         perm = valid[torch.randperm(valid.numel(), device=valid.device)]
-        shuffled = [t[perm].tensor_split(num_minibatches)
-                    for t in (self.obs, self.actions, self.logprobs, self.advantages, self.values, self.returns)]
-        return [Minibatch(*parts) for parts in zip(*shuffled) if parts[3].numel() > 0]
+        tensors = (self.obs, self.actions, self.logprobs, self.advantages, self.values, self.returns)
+        if self.masks is not None:
+            tensors += (self.masks,)
+        shuffled = [t[perm].tensor_split(num_minibatches) for t in tensors]
+        return [Minibatch(*parts[:6], masks=parts[6] if len(parts) > 6 else None)
+                for parts in zip(*shuffled) if parts[3].numel() > 0]
 
     def sequence_minibatches(self, num_minibatches: int) -> list[Minibatch]:
         """One epoch for a recurrent policy: the envs in a fresh random order (torch's global
@@ -199,6 +212,7 @@ class TrainingBatch:
                 obs=self.obs[rows], actions=self.actions[rows], logprobs=self.logprobs[scored],
                 advantages=self.advantages[scored], values=self.values[scored], returns=self.returns[scored],
                 state=self.initial_state[envs], episode_starts=self.episode_starts[:, envs], select=select,
+                masks=None if self.masks is None else self.masks[rows],
             ))
         return out
 
@@ -211,10 +225,22 @@ class RolloutCollector:
         num_steps: vector steps per rollout.
         seed: seed of the first ``envs.reset`` (env i gets ``seed + i``) and of the generator
             the actions are sampled from.
+        action_masking: ``agent.action_masking``, resolved at the first reset
+            (``envs.first_action_mask``): when it masks, ``buffer.masks`` is allocated.
+
+    Attributes:
+        next_mask: the ``(N, n)`` mask valid in ``next_obs``; None when not masking.
+
+    Raises:
+        ConfigError: ``action_masking=on`` and the env gives no masks at the first reset.
     """
 
-    def __init__(self, envs: gym.vector.VectorEnv, num_steps: int, seed: int) -> None:
+    def __init__(
+        self, envs: gym.vector.VectorEnv, num_steps: int, seed: int,
+        action_masking: ActionMasking = ActionMasking.off,
+    ) -> None:
         self.envs = envs
+        self.action_masking = action_masking
         self.buffer = RolloutBuffer.allocate(num_steps, envs)
         self.reset(seed)
         #: Seconds spent inside ``envs.step`` (cumulative), for the time breakdown.
@@ -222,7 +248,12 @@ class RolloutCollector:
 
     def reset(self, seed: int) -> None:
         """Reset every env (env i with ``seed + i``), re-seed the action sampler, start new episodes."""
-        self.next_obs, _ = self.envs.reset(seed=seed)
+        self.next_obs, info = self.envs.reset(seed=seed)
+        spec = getattr(self.envs, "spec", None) or getattr(self.envs.unwrapped, "spec", None)
+        self.next_mask = first_action_mask(self.action_masking, self.next_obs, info,
+                                           self.envs.single_action_space, getattr(spec, "id", "the env"))
+        if self.next_mask is not None and self.buffer.masks is None:
+            self.buffer.masks = np.ones((*self.buffer.valid.shape, self.next_mask.shape[-1]), dtype=bool)
         self.envs.action_space.seed(seed)
         self.rng = action_rng(seed)
         self.prev_done = np.zeros(self.envs.num_envs, dtype=bool)
@@ -230,9 +261,15 @@ class RolloutCollector:
         #: The recurrent policy's state after the last step (None: feed-forward, or fresh episodes).
         self.state: Optional[np.ndarray] = None
 
+    @property
+    def masking(self) -> bool:
+        """The rollout acts with the envs' action masks and stores them in ``buffer.masks``."""
+        return self.buffer.masks is not None
+
     def state_dict(self) -> dict[str, Any]:
-        """The observation to act on next, which envs are due for an autoreset step, and the
-        action sampler's generator state (plain ints: it loads with ``weights_only=True``)."""
+        """The observation to act on next (and its action mask, when masking), which envs are due
+        for an autoreset step, and the action sampler's generator state (plain ints: it loads
+        with ``weights_only=True``)."""
         state = {
             "next_obs": torch_from_numpy(np.asarray(self.next_obs)),
             "prev_done": torch_from_numpy(self.prev_done),
@@ -241,6 +278,8 @@ class RolloutCollector:
         }
         if self.state is not None:
             state["recurrent_state"] = torch_from_numpy(self.state)
+        if self.next_mask is not None:
+            state["next_mask"] = torch_from_numpy(self.next_mask)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -250,6 +289,8 @@ class RolloutCollector:
         if "episode_start" in state:
             self.episode_start = state["episode_start"].numpy().copy()
         self.state = state["recurrent_state"].numpy().copy() if "recurrent_state" in state else None
+        if state.get("next_mask") is not None:
+            self.next_mask = state["next_mask"].numpy().copy()
         if "rng" in state:  # checkpoints from before the numpy sampler keep the run-seeded generator
             self.rng.bit_generator.state = state["rng"]
 
@@ -270,13 +311,18 @@ class RolloutCollector:
             else:
                 policy.state = self.state
             buf.initial_state = policy.state.copy()
+        masks, width = buf.masks, None if buf.masks is None else buf.masks.shape[-1]
         for t in range(buf.obs.shape[0]):
             buf.obs[t] = self.next_obs
             buf.episode_starts[t] = self.episode_start
+            # Keyword arguments only where needed: a user's feed-forward policy may take neither.
+            kwargs = {}
+            if masks is not None:  # the mask valid in the observation the action is taken in
+                masks[t] = self.next_mask
+                kwargs["mask"] = masks[t]
             if recurrent:
-                action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng, episode_start=self.episode_start)
-            else:  # a feed-forward policy's act takes no episode starts (a user's may not accept them)
-                action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng)
+                kwargs["episode_start"] = self.episode_start
+            action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng, **kwargs)
             buf.actions[t] = action
             buf.valid[t] = ~self.prev_done
             # The step after an autoreset step reads the new episode's first observation.
@@ -284,6 +330,11 @@ class RolloutCollector:
             tic = time.perf_counter()
             self.next_obs, reward, terminated, truncated, infos = self.envs.step(action)
             self.env_seconds += time.perf_counter() - tic
+            if masks is not None:  # autoreset steps' infos carry the new episode's mask
+                self.next_mask = read_action_mask(self.next_obs, infos, width)
+                if self.next_mask is None:
+                    raise RuntimeError(f"the env gave no action_mask at rollout step {t}; a masking run "
+                                       "needs one in every step's info (or Dict observation)")
             buf.rewards[t] = reward
             buf.terminated[t] = terminated
             buf.truncated[t] = truncated

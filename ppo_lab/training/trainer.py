@@ -44,11 +44,14 @@ STAT_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl
 
 def max_entropy(action_space: gym.Space) -> Optional[float]:
     """Entropy of the uniform policy over a discrete space (summed over MultiDiscrete
-    components); None for continuous spaces."""
+    components and MultiBinary bits); None for continuous spaces. With action masks the
+    uniform policy over the valid actions has less: this is then an upper bound."""
     if isinstance(action_space, gym.spaces.Discrete):
         return math.log(action_space.n)
     if isinstance(action_space, gym.spaces.MultiDiscrete):
         return float(np.log(action_space.nvec).sum())
+    if isinstance(action_space, gym.spaces.MultiBinary):
+        return float(action_space.n * math.log(2.0))
     return None
 
 
@@ -109,7 +112,7 @@ class Trainer:
         self._stop_signal: Optional[int] = None
         self.stopped_by: Optional[str] = None
         self.timing = {"rollout": 0.0, "update": 0.0, "log": 0.0}
-        self.collector = RolloutCollector(envs, a.num_steps, cfg.seed)
+        self.collector = RolloutCollector(envs, a.num_steps, cfg.seed, a.action_masking)
         self.normalization = NormalizationStats(envs)
         self.exact_env_state = exact_env_state
         self.diagnostics = Diagnostics(kl_reference=a.target_kl or a.kl_target,
@@ -222,12 +225,14 @@ class Trainer:
             # Recurrent policies: minibatches of whole env sequences, replayed from their stored state.
             minibatches = batch.sequence_minibatches(a.num_minibatches) if recurrent else batch.minibatches(a.num_minibatches)
             for mb in minibatches:
+                # Keyword arguments only where needed: a user's feed-forward network may take neither.
+                kwargs: dict[str, Any] = {} if mb.masks is None else {"mask": mb.masks}
                 if recurrent:
                     scores = self.network.evaluate_actions(mb.obs, mb.actions, state=mb.state,
-                                                           episode_start=mb.episode_starts)
+                                                           episode_start=mb.episode_starts, **kwargs)
                     new_logprob, entropy, new_value = (x[mb.select] for x in scores)
                 else:
-                    new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions)
+                    new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions, **kwargs)
                 terms = ppo_losses(
                     new_logprob, mb.logprobs, mb.advantages, new_value, mb.values, mb.returns,
                     entropy, clip_coef, a.clip_vloss, a.norm_adv, kl_beta,
@@ -320,6 +325,7 @@ class Trainer:
         results = evaluate_policy(
             self.network.inference_policy(), self.cfg.env, self.cfg.eval_episodes, self.cfg.eval_seed,
             self.cfg.eval_deterministic, self.normalization.numpy(),
+            action_masking=self.cfg.agent.action_masking,
         )
         returns = np.array([r for r, _ in results])
         metrics = {
