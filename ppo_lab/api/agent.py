@@ -62,6 +62,8 @@ class Agent:
         Args:
             obs: one raw observation, ``obs_shape`` (as ``make_env()`` returns it), or a batch
                 ``(B, *obs_shape)``; uint8 pixels or floats. The saved normalization is applied.
+                Dict observations: a dict ``{key: entry_shape}`` (one) or ``{key: (B, *entry_shape)}``
+                (a batch), with every key of ``observation_space``.
             state: recurrent state; feed-forward policies take None and return None.
             episode_start: ``(B,)`` bool, where episodes begin (used by recurrent policies only).
             deterministic: the mode (argmax / mean) instead of a sample (drawn from the agent's
@@ -80,6 +82,10 @@ class Agent:
             raise ValueError("action_mask is not supported: ppo_lab's policies have no action masking yet")
         if state is not None:
             raise ValueError("state must be None: this policy is feed-forward (it has no recurrent state)")
+        if isinstance(self.observation_space, gym.spaces.Dict):
+            batch, single = self._dict_batch(obs)
+            action, _, _ = self.network.inference_policy().act(batch, self._rng, deterministic)
+            return self._clip(action[0] if single else action), None
         obs = np.asarray(obs)
         shape = self.observation_space.shape
         single = obs.shape == shape
@@ -87,9 +93,37 @@ class Agent:
             raise ValueError(f"obs has shape {obs.shape}; allowed: {shape} (one) or (B, {', '.join(map(str, shape))}) (a batch)")
         batch = self.normalize(obs[None] if single else obs)
         action, _, _ = self.network.inference_policy().act(batch, self._rng, deterministic)
+        return self._clip(action[0] if single else action), None
+
+    def _clip(self, action: np.ndarray) -> np.ndarray:
+        """Continuous actions clipped to the action bounds, as in training."""
         if isinstance(self.action_space, gym.spaces.Box):
-            action = np.clip(action, self.action_space.low, self.action_space.high)
-        return (action[0] if single else action), None
+            return np.clip(action, self.action_space.low, self.action_space.high)
+        return action
+
+    def _dict_batch(self, obs: Any) -> tuple[dict[str, np.ndarray], bool]:
+        """A Dict observation (one or a batch) as ``{key: (B, *entry_shape)}`` and whether it was one.
+
+        Raises:
+            ValueError: not a dict with the space's keys, or entries of the wrong shapes.
+        """
+        space = self.observation_space
+        if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+            got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+            raise ValueError(f"obs must be a dict with keys {sorted(space.spaces)} (the Dict observation "
+                             f"space {space}); got {got}")
+        arrays = {key: np.asarray(value) for key, value in obs.items()}
+        single = all(arrays[key].shape == sub.shape for key, sub in space.spaces.items())
+        if single:
+            return {key: a[None] for key, a in arrays.items()}, True
+        sizes = {key: a.shape[0] if a.ndim > 0 else None for key, a in arrays.items()}
+        if (len(set(sizes.values())) != 1
+                or any(a.shape[1:] != space[key].shape for key, a in arrays.items())):
+            shapes = {key: a.shape for key, a in arrays.items()}
+            allowed = {key: sub.shape for key, sub in space.spaces.items()}
+            raise ValueError(f"obs entries have shapes {shapes}; allowed: {allowed} (one) or each with a "
+                             "leading batch dim B, the same for all (a batch)")
+        return arrays, False
 
     def make_env(self, render_mode: Optional[str] = None) -> gym.Env:
         """The run's own env, with its family's and the user's wrappers; its observations are

@@ -9,7 +9,8 @@ observation; the *next* ``step`` call resets that env (its action is ignored, re
   and left out of the loss.
 
 Storage is preallocated once; pixel observations stay uint8 (Atari detail 9 keeps scaling in the
-network).
+network). Dict observations are stored as a dict of arrays, one per entry, through the helpers of
+``policies/observations.py`` (which the Box path goes through at the cost of one type check).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from torch import Tensor
 from ppo_lab.envs import completed_episodes
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
-from ppo_lab.policies.encoders import buffer_dtype
+from ppo_lab.policies.observations import (
+    ObsTree, allocate_obs, flatten_obs, index_obs, map_obs, split_obs, write_obs,
+)
 
 
 @dataclass
@@ -37,7 +40,8 @@ class RolloutBuffer:
 
     Attributes:
         obs: ``(T, N, *obs_shape)`` observation each action was taken in: uint8 for pixels,
-            int64 for Discrete / MultiDiscrete spaces, float32 otherwise (``encoders.buffer_dtype``).
+            int64 for Discrete / MultiDiscrete spaces, float32 otherwise (``encoders.buffer_dtype``);
+            for a Dict space ``{key: (T, N, *entry_shape)}``, each entry with its own dtype.
         actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete) or ``(T, N, d)`` float32
             (the unclipped sampled actions).
         logprobs: ``(T, N)`` float32 log pi_old(a|s).
@@ -49,7 +53,7 @@ class RolloutBuffer:
         next_value: ``(N,)`` float32 V of the observation after the last step.
     """
 
-    obs: np.ndarray
+    obs: ObsTree
     actions: np.ndarray
     logprobs: np.ndarray
     values: np.ndarray
@@ -64,7 +68,6 @@ class RolloutBuffer:
         """Preallocate storage for ``num_steps`` steps of ``envs``."""
         n = envs.num_envs
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
-        obs_dtype = buffer_dtype(obs_space)
         if isinstance(act_space, gym.spaces.Box):
             actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.float32)
         elif isinstance(act_space, gym.spaces.MultiDiscrete):
@@ -73,7 +76,7 @@ class RolloutBuffer:
             actions = np.zeros((num_steps, n), dtype=np.int64)
         shape = (num_steps, n)
         return cls(
-            obs=np.zeros((num_steps, n, *obs_space.shape), dtype=obs_dtype),
+            obs=allocate_obs(obs_space, (num_steps, n)),
             actions=actions,
             logprobs=np.zeros(shape, dtype=np.float32),
             values=np.zeros(shape, dtype=np.float32),
@@ -97,7 +100,7 @@ class RolloutBuffer:
             return torch.from_numpy(array.reshape(-1, *array.shape[2:])).to(device)
 
         return TrainingBatch(
-            obs=flat(self.obs), actions=flat(self.actions), logprobs=flat(self.logprobs),
+            obs=map_obs(lambda a: torch.from_numpy(a).to(device), flatten_obs(self.obs)), actions=flat(self.actions), logprobs=flat(self.logprobs),
             values=flat(self.values), advantages=flat(advantages), returns=flat(returns),
             valid=torch.from_numpy(np.flatnonzero(self.valid.reshape(-1))).to(device),
         )
@@ -105,10 +108,11 @@ class RolloutBuffer:
 
 @dataclass
 class Minibatch:
-    """One minibatch of ``M`` valid steps: ``obs`` ``(M, *obs_shape)``, ``actions`` ``(M, ...)``,
-    ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values)."""
+    """One minibatch of ``M`` valid steps: ``obs`` ``(M, *obs_shape)`` (Dict observations:
+    ``{key: (M, *entry_shape)}``), ``actions`` ``(M, ...)``, ``logprobs``, ``advantages``,
+    ``values``, ``returns`` ``(M,)`` (the old policy's values)."""
 
-    obs: Tensor
+    obs: ObsTree
     actions: Tensor
     logprobs: Tensor
     advantages: Tensor
@@ -121,11 +125,12 @@ class TrainingBatch:
     """A rollout as flat tensors for the update epochs (``RolloutBuffer.training_batch``).
 
     Attributes:
-        obs, actions, logprobs, values, advantages, returns: ``(T * N, ...)``, step-major.
+        obs, actions, logprobs, values, advantages, returns: ``(T * N, ...)``, step-major
+            (Dict observations: ``{key: (T * N, *entry_shape)}``).
         valid: ``(V,)`` int64 indices of the valid (non-autoreset) steps.
     """
 
-    obs: Tensor
+    obs: ObsTree
     actions: Tensor
     logprobs: Tensor
     values: Tensor
@@ -142,8 +147,9 @@ class TrainingBatch:
         """
         valid = self.valid
         perm = valid[torch.randperm(valid.numel(), device=valid.device)]
-        shuffled = [t[perm].tensor_split(num_minibatches)
-                    for t in (self.obs, self.actions, self.logprobs, self.advantages, self.values, self.returns)]
+        shuffled = [split_obs(index_obs(self.obs, perm), num_minibatches)]
+        shuffled += [t[perm].tensor_split(num_minibatches)
+                     for t in (self.actions, self.logprobs, self.advantages, self.values, self.returns)]
         return [Minibatch(*parts) for parts in zip(*shuffled) if parts[3].numel() > 0]
 
 
@@ -175,14 +181,14 @@ class RolloutCollector:
         """The observation to act on next, which envs are due for an autoreset step, and the
         action sampler's generator state (plain ints: it loads with ``weights_only=True``)."""
         return {
-            "next_obs": torch_from_numpy(np.asarray(self.next_obs)),
+            "next_obs": map_obs(lambda a: torch_from_numpy(np.asarray(a)), self.next_obs),
             "prev_done": torch_from_numpy(self.prev_done),
             "rng": self.rng.bit_generator.state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (the env itself must be restored to match)."""
-        self.next_obs = state["next_obs"].numpy().copy()
+        self.next_obs = map_obs(lambda t: t.numpy().copy(), state["next_obs"])
         self.prev_done = state["prev_done"].numpy().copy()
         if "rng" in state:  # checkpoints from before the numpy sampler keep the run-seeded generator
             self.rng.bit_generator.state = state["rng"]
@@ -197,9 +203,9 @@ class RolloutCollector:
         """
         buf, episodes = self.buffer, []
         policy = network.inference_policy()  # fused numpy snapshot of this rollout's weights (MLP)
-        for t in range(buf.obs.shape[0]):
-            buf.obs[t] = self.next_obs
-            action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng)
+        for t in range(len(buf.logprobs)):
+            write_obs(buf.obs, t, self.next_obs)
+            action, buf.logprobs[t], buf.values[t] = policy.act(index_obs(buf.obs, t), self.rng)
             buf.actions[t] = action
             buf.valid[t] = ~self.prev_done
             tic = time.perf_counter()
