@@ -29,3 +29,13 @@ def test_env_config_reaches_its_published_target(tmp_path, env, target):
 def test_default_cartpole_solves_on_each_seed(tmp_path, seed):
     result = train(compose_cfg([f"seed={seed}", "logger=none", "progress=false"]), tmp_path)
     assert result["eval/episodic_return"] >= 475, result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_minigrid_doorkey_solves_on_each_seed(tmp_path, seed):
+    """MiniGrid-DoorKey-5x5 on Dict observations (image + direction, the small CNN): 500k env
+    steps (the env config's budget), ~5 min each on 2 shared cores."""
+    result = train(compose_cfg(["env=minigrid_doorkey", f"seed={seed}", "logger=none", "progress=false",
+                                "total_timesteps=500000", "eval_episodes=10"]), tmp_path)
+    assert result["eval/episodic_return"] >= 0.9, result
