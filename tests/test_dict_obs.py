@@ -33,7 +33,7 @@ def test_extractor_concatenates_entries_in_sorted_key_order_hand_case():
 
 def test_image_entries_get_a_cnn_sized_to_them():
     small = CombinedExtractor(gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8)}))
-    assert isinstance(small.encoders["image"], SmallCNN) and small.features_dim == 64  # MiniGrid's view
+    assert isinstance(small.encoders["image"], SmallCNN) and small.features_dim == 64 * 4 * 4  # MiniGrid's view
     big = CombinedExtractor(gym.spaces.Dict({"frame": gym.spaces.Box(0, 255, (3, 64, 64), np.uint8)}))
     assert isinstance(big.encoders["frame"], NatureCNN) and big.features_dim == 256
     net = ActorCritic(gym.spaces.Dict({"image": gym.spaces.Box(0, 255, (7, 7, 3), np.uint8),
@@ -130,7 +130,7 @@ def test_minigrid_doorkey_trains_on_dict_observations(doorkey_run):
     assert 0.0 <= result["eval/episodic_return"] <= 1.0
     model = load_checkpoint(run_dir / "checkpoints" / "final.pt")["model"]
     assert model["actor_trunk.extractor.encoders.image.convs.0.weight"].shape == (16, 3, 2, 2)  # object, colour, state
-    assert model["actor_trunk.mlp.layers.0.weight"].shape == (64, 64 + 4)  # CNN features + one-hot direction
+    assert model["actor_trunk.mlp.layers.0.weight"].shape == (64, 1024 + 4)  # CNN features + one-hot direction
 
 
 def test_a_loaded_dict_agent_predicts_on_one_and_on_a_batch_of_dict_observations(doorkey_run):

@@ -20,7 +20,8 @@ Refused, with a :class:`~ppo_lab.config.ConfigError` naming what and why: a form
 ``onnx`` / ``torchscript``; ONNX without the ``export`` extra (``onnx``); a network whose forward
 does not trace (Python control flow on tensor values, ``.item()``, numpy inside ``forward``, or a
 forward that is not torch at all), an ONNX exporter failure (an operator ONNX lacks); an action
-distribution other than ppo_lab's three; an observation space that is not one ``Box``.
+distribution other than ppo_lab's three; an observation space that is not one ``Box`` (a ``Dict``
+observation, a Tuple one included, is refused: the file has one input, not one per key).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ class DeterministicPolicy(nn.Module):
         name = type(network).__name__
         if not isinstance(agent.observation_space, gym.spaces.Box):
             raise ConfigError(f"cannot export {name}: observation space {agent.observation_space} is not a Box "
-                              "(the exported file takes one obs tensor)")
+                              "(the exported file takes one obs tensor; Dict observations have no per-key inputs)")
         if any(p.device.type != "cpu" for p in network.parameters()):
             network = copy.deepcopy(network).cpu()
         self.network = network.eval()

@@ -4,9 +4,9 @@ One encoder per entry, chosen from the entry's space (``policies/encoders.py``),
 concatenated in sorted key order (the order gymnasium's ``Dict`` keeps its keys in):
 
 * image ``Box`` (3-D uint8, channels first or last): the Nature CNN with a 256-wide output when
-  both sides are at least :data:`NATURE_MIN_SIDE` pixels; else rl-starter-files' small grid CNN
-  (:class:`SmallCNN`, from :data:`SMALL_MIN_SIDE` = 7 pixels: MiniGrid's ``(7, 7, 3)`` view, where
-  the Nature CNN's 8x8 stride-4 first layer does not fit); smaller images are flattened;
+  both sides are at least :data:`NATURE_MIN_SIDE` pixels; else the minigrid docs' small CNN
+  (:class:`SmallCNN`, from :data:`SMALL_MIN_SIDE` pixels: MiniGrid's ``(7, 7, 3)`` view, where the
+  Nature CNN's 8x8 stride-4 first layer does not fit); smaller images are flattened;
 * any other ``Box``: flattened, float32 values;
 * ``Discrete`` / ``MultiDiscrete``: one-hot; ``MultiBinary``: its bits.
 
@@ -33,29 +33,30 @@ ACTION_MASK_KEY = "action_mask"
 NATURE_MIN_SIDE = 36
 #: Output width of the CNN of an image entry (SB3's CombinedExtractor: cnn_output_dim=256).
 NATURE_FEATURES = 256
-#: Smallest image side :class:`SmallCNN` reads (2x2 conv, 2x2 pool, two 2x2 convs); smaller
-#: images are flattened like vector entries.
-SMALL_MIN_SIDE = 7
+#: Smallest image side :class:`SmallCNN` reads (three 2x2 convolutions); smaller images are
+#: flattened like vector entries.
+SMALL_MIN_SIDE = 4
 
 
 class SmallCNN(nn.Module):
-    """rl-starter-files' ``ACModel`` image network, for small grid images: uint8 ``(B, C, H, W)``
-    (or ``(B, H, W, C)`` with ``channels_last``) -> float32 ``(B, 64 * h' * w')`` with
-    ``h' = (H - 1) // 2 - 2`` (``(7, 7, 3)`` MiniGrid views: 64 features).
+    """A CNN for small grid images: uint8 ``(B, C, H, W)`` (or ``(B, H, W, C)`` with
+    ``channels_last``) -> float32 ``(B, 64 * (H - 3) * (W - 3))`` (``(7, 7, 3)`` MiniGrid views:
+    1024 features, which the MLP trunk reads directly).
 
-    A 2x2 convolution of 16 channels, ReLU, 2x2 max-pool, then 2x2 convolutions of 32 and 64
-    channels with ReLU (the 16/32/64 2x2 stack of the minigrid docs' MinigridFeaturesExtractor,
-    with rl-starter-files' pooling: 16x fewer features, so updates stay cheap on a CPU). Values
-    enter unscaled, as float32: small images are grid encodings in practice (MiniGrid: object,
-    colour and state indices 0-10, which 1/255 would shrink to ~0.04), as rl-starter-files
-    reads them. Needs both sides >= :data:`SMALL_MIN_SIDE`.
+    Three 2x2 convolutions of 16, 32 and 64 channels, stride 1, ReLU: the minigrid docs'
+    MinigridFeaturesExtractor ("Training MiniGrid with SB3"), without its linear layer (the MLP
+    trunk is one). No pooling: rl-starter-files' 2x2 max-pool after the first convolution made a
+    trained DoorKey agent mistake a key two cells ahead for one in front (its deterministic policy
+    then repeats ``pickup``). Values enter unscaled, as float32: small images are grid encodings
+    in practice (MiniGrid: object, colour and state indices 0-10, which 1/255 would shrink to
+    ~0.04), as rl-starter-files reads them. Needs both sides >= :data:`SMALL_MIN_SIDE`.
     """
 
     def __init__(self, in_channels: int, screen: tuple[int, int], channels_last: bool = False) -> None:
         super().__init__()
         self.channels_last = channels_last
         self.convs = nn.Sequential(
-            layer_init(nn.Conv2d(in_channels, 16, 2)), nn.ReLU(), nn.MaxPool2d(2),
+            layer_init(nn.Conv2d(in_channels, 16, 2)), nn.ReLU(),
             layer_init(nn.Conv2d(16, 32, 2)), nn.ReLU(),
             layer_init(nn.Conv2d(32, 64, 2)), nn.ReLU(),
             nn.Flatten(),
@@ -91,7 +92,7 @@ def entry_encoder(key: str, space: gym.Space) -> tuple[nn.Module, int]:
         if min(h, w) >= SMALL_MIN_SIDE:
             cnn = SmallCNN(c, (h, w), channels_last=last)
             return cnn, cnn.features_dim
-        return _Flatten(), int(np.prod(space.shape))  # a 3x3 or 5x5 view: its values, as a vector
+        return _Flatten(), int(np.prod(space.shape))  # a 3x3 view: its values, as a vector
     try:
         encoder, width = vector_encoder(space)
     except ConfigError:
