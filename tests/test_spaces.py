@@ -1,5 +1,5 @@
 """Observation spaces beyond flat Box vectors: one-hot Discrete / MultiDiscrete, MultiBinary bits,
-channels-last images, and a clear refusal (with the way out) for Dict and Tuple."""
+channels-last images, and Tuple observations (as a Dict: more in test_dict_obs.py)."""
 
 import gymnasium as gym
 import numpy as np
@@ -68,10 +68,13 @@ def test_a_discrete_observation_network_acts_through_its_torch_forward():
     np.testing.assert_allclose(value, v.detach().numpy(), rtol=1e-6)
 
 
-def test_tuple_observations_are_refused_with_the_way_out(tmp_path):
-    with pytest.raises(ConfigError, match=r"observation space Tuple\(.*is not supported yet.*FlattenObservation"):
-        train(compose_cfg(["debug=fast", "env.id=Blackjack-v1"]), tmp_path)
-    assert not (tmp_path / "checkpoints").exists()
+def test_tuple_observations_train_as_a_dict_and_flattened(tmp_path):
+    """Blackjack's Tuple observation becomes a Dict of Discretes (one-hots through the combined
+    extractor); FlattenObservation, the way out of old, still works too."""
+    result = train(compose_cfg(["debug=fast", "env.id=Blackjack-v1", "total_timesteps=256"]), tmp_path)
+    assert -1.0 <= result["eval/episodic_return"] <= 1.0
+    model = load_checkpoint(tmp_path / "checkpoints" / "final.pt")["model"]
+    assert model["actor_trunk.mlp.layers.0.weight"].shape == (64, 32 + 11 + 2)  # one-hots of "0", "1", "2"
     result = train(compose_cfg(["debug=fast", "env.id=Blackjack-v1", "total_timesteps=256",
                                 "env.wrappers=[gymnasium.wrappers.FlattenObservation]"]), tmp_path / "flat")
     assert -1.0 <= result["eval/episodic_return"] <= 1.0

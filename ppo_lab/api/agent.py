@@ -68,6 +68,8 @@ class Agent:
         Args:
             obs: one raw observation, ``obs_shape`` (as ``make_env()`` returns it), or a batch
                 ``(B, *obs_shape)``; uint8 pixels or floats. The saved normalization is applied.
+                Dict observations: a dict ``{key: entry_shape}`` (one) or ``{key: (B, *entry_shape)}``
+                (a batch), with every key of ``observation_space``.
             state: recurrent policies (``network=lstm|gru``): the state ``predict`` returned for
                 the previous step, float32 ``(B, S)`` (``(S,)`` for a single obs); None starts
                 from zeros. Feed-forward policies take None and return None.
@@ -95,24 +97,29 @@ class Agent:
         size = int(getattr(self.network, "recurrent_state_size", 0))
         if state is not None and not size:
             raise ValueError("state must be None: this policy is feed-forward (it has no recurrent state)")
-        obs = np.asarray(obs)
-        shape = self.observation_space.shape
-        single = obs.shape == shape
-        if not single and obs.shape[1:] != shape:
-            raise ValueError(f"obs has shape {obs.shape}; allowed: {shape} (one) or (B, {', '.join(map(str, shape))}) (a batch)")
-        batch = self.normalize(obs[None] if single else obs)
-        mask = None if action_masks is None else self._masks(action_masks, len(batch))
+        if isinstance(self.observation_space, gym.spaces.Dict):
+            batch, single = self._dict_batch(obs)
+            if action_masks is None and self.masked and "action_mask" in batch:  # PettingZoo's convention
+                action_masks = batch["action_mask"]
+            size_of_batch = len(next(iter(batch.values())))
+        else:
+            obs = np.asarray(obs)
+            shape = self.observation_space.shape
+            single = obs.shape == shape
+            if not single and obs.shape[1:] != shape:
+                raise ValueError(f"obs has shape {obs.shape}; allowed: {shape} (one) or (B, {', '.join(map(str, shape))}) (a batch)")
+            batch = self.normalize(obs[None] if single else obs)
+            size_of_batch = len(batch)
+        mask = None if action_masks is None else self._masks(action_masks, size_of_batch)
         policy = self.network.inference_policy()
-        starts = None if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(len(batch))
+        starts = None if episode_start is None else np.asarray(episode_start, dtype=bool).reshape(size_of_batch)
         if size:
-            policy.state = self._recurrent_state(state, len(batch), size)
+            policy.state = self._recurrent_state(state, size_of_batch, size)
             action, _, _ = policy.act(batch, self._rng, deterministic, mask=mask, episode_start=starts)
         else:
             action, _, _ = policy.act(batch, self._rng, deterministic, mask=mask)
-        if isinstance(self.action_space, gym.spaces.Box):
-            action = np.clip(action, self.action_space.low, self.action_space.high)
         new_state = None if not size else (policy.state[0] if single else policy.state)
-        return (action[0] if single else action), new_state
+        return self._clip(action[0] if single else action), new_state
 
     @staticmethod
     def _recurrent_state(state: Optional[Any], batch: int, size: int) -> np.ndarray:
@@ -135,6 +142,36 @@ class Agent:
         if mask.shape != (batch, width):
             raise ValueError(f"action_masks has shape {np.shape(action_masks)}; allowed: ({width},) or ({batch}, {width})")
         return mask
+
+    def _clip(self, action: np.ndarray) -> np.ndarray:
+        """Continuous actions clipped to the action bounds, as in training."""
+        if isinstance(self.action_space, gym.spaces.Box):
+            return np.clip(action, self.action_space.low, self.action_space.high)
+        return action
+
+    def _dict_batch(self, obs: Any) -> tuple[dict[str, np.ndarray], bool]:
+        """A Dict observation (one or a batch) as ``{key: (B, *entry_shape)}`` and whether it was one.
+
+        Raises:
+            ValueError: not a dict with the space's keys, or entries of the wrong shapes.
+        """
+        space = self.observation_space
+        if not isinstance(obs, dict) or set(obs) != set(space.spaces):
+            got = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
+            raise ValueError(f"obs must be a dict with keys {sorted(space.spaces)} (the Dict observation "
+                             f"space {space}); got {got}")
+        arrays = {key: np.asarray(value) for key, value in obs.items()}
+        single = all(arrays[key].shape == sub.shape for key, sub in space.spaces.items())
+        if single:
+            return {key: a[None] for key, a in arrays.items()}, True
+        sizes = {key: a.shape[0] if a.ndim > 0 else None for key, a in arrays.items()}
+        if (len(set(sizes.values())) != 1
+                or any(a.shape[1:] != space[key].shape for key, a in arrays.items())):
+            shapes = {key: a.shape for key, a in arrays.items()}
+            allowed = {key: sub.shape for key, sub in space.spaces.items()}
+            raise ValueError(f"obs entries have shapes {shapes}; allowed: {allowed} (one) or each with a "
+                             "leading batch dim B, the same for all (a batch)")
+        return arrays, False
 
     def make_env(self, render_mode: Optional[str] = None) -> gym.Env:
         """The run's own env, with its family's and the user's wrappers; its observations are

@@ -27,7 +27,8 @@ Refused, with a :class:`~ppo_lab.config.ConfigError` naming what and why: a form
 ``onnx`` / ``torchscript``; ONNX without the ``export`` extra (``onnx``); a network whose forward
 does not trace (Python control flow on tensor values, ``.item()``, numpy inside ``forward``, or a
 forward that is not torch at all), an ONNX exporter failure (an operator ONNX lacks); an action
-distribution other than ppo_lab's four; an observation space that is not one ``Box``; a
+distribution other than ppo_lab's four; an observation space that is not one ``Box`` (a ``Dict``
+observation, a Tuple one included, is refused: the file has one input, not one per key); a
 recurrent network.
 """
 
@@ -90,7 +91,7 @@ class DeterministicPolicy(nn.Module):
         name = type(network).__name__
         if not isinstance(agent.observation_space, gym.spaces.Box):
             raise ConfigError(f"cannot export {name}: observation space {agent.observation_space} is not a Box "
-                              "(the exported file takes one obs tensor)")
+                              "(the exported file takes one obs tensor; Dict observations have no per-key inputs)")
         if getattr(network, "recurrent_state_size", 0):
             raise ConfigError(f"cannot export {name}: it is recurrent (network.core=lstm|gru; state of "
                               f"{network.recurrent_state_size} floats per env) and the exported file takes one obs "

@@ -59,8 +59,8 @@ class EnvConfig:
     #: ``<module>:<EnvId>`` imports ``module`` first (as ``gymnasium.make`` does), for an id a
     #: user's module registers.
     id: str = "CartPole-v1"
-    #: The env family (``envs/families.py``): ``classic``, ``box2d``, ``mujoco``, ``atari``, or a
-    #: user's ``{_target_: <module>.<Family>}``. It adds the family's wrappers (Atari
+    #: The env family (``envs/families.py``): ``classic``, ``box2d``, ``mujoco``, ``atari``,
+    #: ``minigrid``, or a user's ``{_target_: <module>.<Family>}``. It adds the family's wrappers (Atari
     #: preprocessing), names the pip extra of its simulator, and says whether the env's state can
     #: be checkpointed exactly (classic control).
     family: Any = "classic"
@@ -68,11 +68,17 @@ class EnvConfig:
     #: family's own wrappers and before the vector-level normalization (README, "Extending"):
     #: each a dotted path (``minigrid.wrappers.ImgObsWrapper``) or ``{_target_: <path>, <kwarg>: ...}``.
     wrappers: list[Any] = field(default_factory=list)
+    #: Dict observations: the entries the network reads, e.g. ``[image, direction]`` for
+    #: MiniGrid (whose ``mission`` text has no encoder); gymnasium's ``FilterObservation``,
+    #: applied after ``wrappers`` (an ``action_mask`` entry is kept too). A ``Tuple`` observation
+    #: is a Dict keyed ``"0"``, ``"1"``... here. null: every entry.
+    obs_keys: Optional[list[str]] = None
     #: ``sync`` (gymnasium.vector.SyncVectorEnv), ``async`` (subprocesses; slower for cheap envs
     #: on 2 cores) or ``vector_entry_point`` (the env's own batched implementation, e.g. CartPole;
     #: envs without one fall back to ``sync``).
     vectorization: str = "sync"
-    #: Running mean/var observation normalization (gymnasium ``NormalizeObservation``).
+    #: Running mean/var observation normalization (gymnasium ``NormalizeObservation``); refused
+    #: on Dict observations.
     normalize_obs: bool = False
     #: Normalized observations are clipped to [-clip_obs, clip_obs].
     clip_obs: float = 10.0

@@ -13,7 +13,12 @@ The wrapper stack of one env, innermost first (gymnasium's own wrappers wherever
    ``episodic_return`` is the env's own undiscounted, unnormalized, unclipped return;
 3. the user's ``env.wrappers``, in the order given: they see what the family produces and shape
    what the network sees, and the logged return above stays the env's own;
-4. vector level: ``ClipAction`` for continuous actions (the policy's sample is stored unclipped;
+4. the observation's structure (:func:`select_observation`), last, so it applies to what the
+   user's wrappers produce too: a ``Tuple`` observation becomes a ``Dict`` keyed ``"0"``,
+   ``"1"``... (``TransformObservation``), so the combined extractor handles both with one code
+   path; ``env.obs_keys`` then keeps the listed Dict entries (``FilterObservation``; an
+   ``action_mask`` entry is kept too, as the source of the action mask);
+5. vector level: ``ClipAction`` for continuous actions (the policy's sample is stored unclipped;
    37 details, continuous detail 5), ``NormalizeObservation`` then clip to ``[-clip_obs,
    clip_obs]`` (continuous details 6-7) and ``NormalizeReward`` then clip to ``[-clip_reward,
    clip_reward]`` (details 8-9): last, so they normalize exactly what the network receives.
@@ -146,7 +151,9 @@ def check_env(cfg: EnvConfig) -> gym.Env:
 
     Raises:
         ConfigError: as :func:`resolve_env_id`; the family's optional dependency is missing
-            (naming the pip extra to install); ``env.max_episode_steps`` < 1; a wrapper fails.
+            (naming the pip extra to install); ``env.max_episode_steps`` < 1; a wrapper fails;
+            ``env.obs_keys`` does not fit (:func:`select_observation`); ``env.normalize_obs``
+            on a Dict observation (refused: per-entry statistics are not kept).
     """
     if cfg.max_episode_steps is not None and cfg.max_episode_steps < 1:
         raise ConfigError(
@@ -157,13 +164,61 @@ def check_env(cfg: EnvConfig) -> gym.Env:
     family.register()
     resolve_env_id(cfg.id)
     try:
-        return _env_fn(cfg, family, render_mode=None)()
+        env = _env_fn(cfg, family, render_mode=None)()
     except gym.error.DependencyNotInstalled as exc:
         extra = family.extra or family.name
         raise ConfigError(
             f"env.id={cfg.id!r} needs an optional dependency that is not installed ({exc}); "
             f'install it with: pip install -e ".[{extra}]"'
         ) from None
+    if cfg.normalize_obs and isinstance(env.observation_space, gym.spaces.Dict):
+        space = env.observation_space
+        env.close()
+        floats = [k for k, sub in space.spaces.items()
+                  if isinstance(sub, gym.spaces.Box) and np.issubdtype(sub.dtype, np.floating)]
+        raise ConfigError(
+            f"env.normalize_obs=true is not supported on Dict observations ({space}; float entries that "
+            f"would be normalized: {', '.join(floats) or 'none'}); allowed: env.normalize_obs=false, or "
+            "normalize an entry with your own wrapper through env.wrappers"
+        )
+    return env
+
+
+def tuple_as_dict(env: gym.Env) -> gym.Env:
+    """A ``Tuple`` observation as a ``Dict`` keyed ``"0"``, ``"1"``... (gymnasium's
+    ``TransformObservation``), so Dict and Tuple observations share one code path."""
+    space = gym.spaces.Dict({str(i): sub for i, sub in enumerate(env.observation_space.spaces)})
+    return gym.wrappers.TransformObservation(env, lambda obs: {str(i): o for i, o in enumerate(obs)}, space)
+
+
+def select_observation(env: gym.Env, cfg: EnvConfig) -> gym.Env:
+    """The observation's structure (step 4 of the module docstring): ``Tuple`` -> ``Dict``, then
+    ``env.obs_keys`` (and ``action_mask``, when the env has one) kept through
+    ``FilterObservation``.
+
+    Raises:
+        ConfigError: ``env.obs_keys`` on a non-Dict observation, or naming an entry the
+            observation does not have (naming the available ones).
+    """
+    if isinstance(env.observation_space, gym.spaces.Tuple):
+        env = tuple_as_dict(env)
+    if cfg.obs_keys is None:
+        return env
+    space = env.observation_space
+    if not isinstance(space, gym.spaces.Dict):
+        raise ConfigError(
+            f"env.obs_keys={list(cfg.obs_keys)} selects entries of a Dict observation, but the env gives "
+            f"{space}; allowed: env.obs_keys=null"
+        )
+    unknown = [k for k in cfg.obs_keys if k not in space.spaces]
+    if unknown:
+        raise ConfigError(
+            f"env.obs_keys: {', '.join(map(repr, unknown))} is not an entry of the observation; available "
+            f"keys: {', '.join(space.spaces)}"
+        )
+    keys = list(cfg.obs_keys) + (["action_mask"] if "action_mask" in space.spaces
+                                 and "action_mask" not in cfg.obs_keys else [])
+    return gym.wrappers.FilterObservation(env, keys)
 
 
 def _make_kwargs(cfg: EnvConfig, family: EnvFamily) -> dict[str, Any]:
@@ -194,7 +249,7 @@ def _env_fn(
         env = family.wrap(env, cfg)
         if not family.records_episodes:
             env = gym.wrappers.RecordEpisodeStatistics(env)
-        return apply_wrappers(env, wrappers)
+        return select_observation(apply_wrappers(env, wrappers), cfg)
 
     return thunk
 
@@ -241,7 +296,7 @@ def make_vec_env(
     # vector_entry_point only where the env has one (CartPole does) and nothing must wrap each
     # env; others fall back to sync, so `env.id=<id>` works from any env config.
     batched = (cfg.vectorization == "vector_entry_point" and family.allows_vector_entry_point
-               and not cfg.wrappers and gym.spec(env_id).vector_entry_point is not None)
+               and not cfg.wrappers and cfg.obs_keys is None and gym.spec(env_id).vector_entry_point is not None)
     if batched and not render_mode:
         envs: gym.vector.VectorEnv = gym.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point",
                                                   **_make_kwargs(cfg, family))

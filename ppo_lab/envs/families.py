@@ -1,7 +1,7 @@
 """Env families: what a family of simulators adds around ``gymnasium.make``.
 
 A family is chosen per env config (``env.family``) by a short name (``classic``, ``box2d``,
-``mujoco``, ``atari``) or, for a user's own family, by a ``_target_`` node that Hydra
+``mujoco``, ``atari``, ``minigrid``) or, for a user's own family, by a ``_target_`` node that Hydra
 instantiates (``'env.family={_target_: mypkg.ProcgenFamily}'``). The protocol a family meets is
 :class:`EnvFamily`; subclass it and override what differs.
 """
@@ -21,6 +21,7 @@ FAMILY_TARGETS = {
     "mujoco": "ppo_lab.envs.families.MujocoFamily",
     "atari": "ppo_lab.envs.atari.AtariFamily",
     "popgym": "ppo_lab.envs.families.PopgymFamily",
+    "minigrid": "ppo_lab.envs.families.MiniGridFamily",
 }
 
 
@@ -96,3 +97,24 @@ class PopgymFamily(EnvFamily):
         except ImportError as err:
             raise ConfigError(f'env.family=popgym needs the popgym package ({err}); install it with: '
                               'pip install -e ".[popgym]"') from None
+
+
+class MiniGridFamily(EnvFamily):
+    """MiniGrid grid worlds (``minigrid`` extra): Dict observations (``image``, ``direction``,
+    ``mission``; ``env.obs_keys`` selects), and state held in Python objects, so no exact resume."""
+
+    name = "minigrid"
+    extra = "minigrid"
+
+    def register(self) -> None:
+        """Import ``minigrid``, which registers the ``MiniGrid-*`` ids.
+
+        Raises:
+            ConfigError: minigrid is not installed (naming the extra).
+        """
+        try:
+            import minigrid  # noqa: F401  (registers the ids)
+        except ImportError:
+            raise ConfigError(
+                'env.family=minigrid needs the minigrid package; install it with: pip install -e ".[minigrid]"'
+            ) from None

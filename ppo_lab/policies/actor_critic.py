@@ -1,4 +1,5 @@
-"""The project's actor-critic: shared trunk or separate actor and critic; MLP or Nature CNN.
+"""The project's actor-critic: shared trunk or separate actor and critic; MLP or Nature CNN;
+on Dict observations, the combined extractor then the MLP (``policies/extractors.py``).
 
 Heads follow the 37 details, detail 2: gain 0.01 on the policy head, 1 on the value head.
 """
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from ppo_lab.config import ActionType, ConfigError
 from ppo_lab.policies.encoders import image_chw, is_channels_last, is_image_space, vector_encoder
+from ppo_lab.policies.extractors import CombinedExtractor, ExtractorMLP
 from ppo_lab.policies.inference import FusedMLPPolicy, InferencePolicy, RecurrentNetworkPolicy
 from ppo_lab.policies.layers import MLP, NatureCNN, layer_init
 from ppo_lab.policies.protocol import ActorCriticBase
@@ -27,6 +29,9 @@ class ActorCritic(ActorCriticBase):
         observation_space: of the single (not batched) env. ``kind="mlp"``: a vector ``Box``
             (flattened), ``Discrete`` / ``MultiDiscrete`` (one-hot) or ``MultiBinary``;
             ``kind="cnn"``: uint8 frames, ``(C, H, W)`` or ``(H, W, C)`` (``policies/encoders.py``).
+            A ``Dict`` (``kind="mlp"`` only): each trunk is the combined extractor (one encoder
+            per entry, a CNN for image entries; ``policies/extractors.py``) then the MLP, so
+            separate actor and critic have separate extractors.
         action_space: ``Discrete`` (Categorical policy), ``MultiDiscrete`` (one Categorical per
             component) or ``Box`` (diagonal Gaussian with state-independent log std; 37 details,
             continuous detail 2).
@@ -48,7 +53,7 @@ class ActorCritic(ActorCriticBase):
 
     def __init__(
         self,
-        observation_space: gym.spaces.Box,
+        observation_space: gym.Space,
         action_space: gym.Space,
         action_type: ActionType = ActionType.discrete,
         kind: str = "mlp",
@@ -66,9 +71,12 @@ class ActorCritic(ActorCriticBase):
         self.shared = shared
 
         # One-hot / bit encoders have no parameters, so the state_dict keys stay the trunks' and heads'.
-        self.encoder, in_dim = (None, 0) if kind == "cnn" else vector_encoder(observation_space)
+        is_dict = isinstance(observation_space, gym.spaces.Dict)
+        self.encoder, in_dim = (None, 0) if kind == "cnn" or is_dict else vector_encoder(observation_space)
 
         def trunk() -> tuple[nn.Module, int]:
+            if is_dict:
+                return ExtractorMLP(observation_space, list(hidden_sizes), activation), hidden_sizes[-1]
             if kind == "cnn":
                 c, h, w = image_chw(observation_space)
                 return (NatureCNN(c, (h, w), hidden_sizes[-1], channels_last=is_channels_last(observation_space)),
@@ -99,8 +107,8 @@ class ActorCritic(ActorCriticBase):
                 F.linear(critic_features, vhead.weight, vhead.bias).squeeze(-1))
 
     def forward(self, obs: Tensor, state: Tensor | None = None, episode_start: Tensor | None = None) -> tuple:
-        """One fused pass: ``obs`` ``(B, *obs_shape)`` -> (logits ``(B, n)`` or mean ``(B, d)``,
-        value ``(B,)``). Recurrent (``core`` set): also takes ``state`` ``(B, recurrent_state_size)``
+        """One fused pass: ``obs`` ``(B, *obs_shape)`` (Dict observations: ``{key: (B, *entry_shape)}``)
+        -> (logits ``(B, n)`` or mean ``(B, d)``, value ``(B,)``). Recurrent (``core`` set): also takes ``state`` ``(B, recurrent_state_size)``
         and ``episode_start`` ``(B,)`` bool, and returns the new state third."""
         actor_features, critic_features = self._trunks(obs)
         if self.actor_core is None:
@@ -144,7 +152,8 @@ class ActorCritic(ActorCriticBase):
     def inference_policy(self) -> InferencePolicy:
         """This network as a numpy-in, numpy-out policy for acting with frozen weights (rollouts
         and evaluation): a :class:`FusedMLPPolicy` snapshot for MLPs (derived from these very
-        layers: one source of truth), the torch forward (:class:`NetworkPolicy`) for CNNs.
+        layers: one source of truth), the torch forward (:class:`NetworkPolicy`) for CNNs and
+        for one-hot or Dict observations.
 
         Take a new one after every parameter update: the MLP snapshot does not follow the weights.
         """
@@ -157,7 +166,21 @@ class ActorCritic(ActorCriticBase):
 
 def check_network_fits(observation_space: gym.Space, kind: str) -> None:
     """Raise :class:`ConfigError` when ``kind`` cannot read ``observation_space`` (the spaces
-    each kind reads: ``policies/encoders.py``)."""
+    each kind reads: ``policies/encoders.py``; Dict observations: ``policies/extractors.py``).
+
+    ``network.kind=cnn`` on a Dict is refused: the Nature CNN reads one image, and the MLP kinds
+    already run a CNN on each image entry through the combined extractor.
+    """
+    if isinstance(observation_space, gym.spaces.Dict):
+        CombinedExtractor(observation_space)  # refuses an entry it cannot encode, naming it
+        if kind == "cnn":
+            images = [k for k, sub in observation_space.spaces.items() if is_image_space(sub)]
+            raise ConfigError(
+                f"network.kind=cnn reads one image observation, but the env gives a Dict {observation_space}; "
+                "allowed: network=mlp_shared or network=mlp_separate, whose combined extractor runs a CNN on "
+                f"each image entry ({', '.join(images) or 'none here'}) and encodes the others"
+            )
+        return
     if not isinstance(observation_space, gym.spaces.Box):
         vector_encoder(observation_space)  # refuses Dict / Tuple with the way out
         if kind == "cnn":

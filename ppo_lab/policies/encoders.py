@@ -9,7 +9,10 @@ Chosen from the single env's observation space (SB3's ``preprocess_obs`` / ``is_
 * ``Discrete(n)``: one-hot ``(n,)``; ``MultiDiscrete(nvec)``: the components' one-hots side by
   side ``(sum(nvec),)``; ``MultiBinary(n)``: its bits as float32.
 
-``Dict`` and ``Tuple`` spaces are refused with the way out (``env.wrappers=[gymnasium.wrappers.FlattenObservation]``).
+``Dict`` spaces (and ``Tuple`` ones, which the env factory turns into a ``Dict`` keyed ``"0"``,
+``"1"``...) go through the combined extractor (``policies/extractors.py``): one of the encoders
+above per entry (a small CNN for images too small for the Nature CNN), outputs concatenated in
+sorted key order. :func:`vector_encoder` itself encodes one non-Dict space.
 """
 
 from __future__ import annotations
@@ -69,7 +72,8 @@ def vector_encoder(space: gym.Space) -> tuple[nn.Module | None, int]:
         ``(OneHot, sum(nvec))`` or ``(Bits, prod(shape))``.
 
     Raises:
-        ConfigError: a ``Dict``, ``Tuple`` or other space, with the way out.
+        ConfigError: a ``Dict``, ``Tuple`` or other space (Dict observations have their own
+            extractor, ``policies/extractors.py``), with the way out.
     """
     if isinstance(space, gym.spaces.Box):
         return None, int(np.prod(space.shape))

@@ -16,22 +16,10 @@ from torch import Tensor
 
 from ppo_lab.policies.distributions import Categorical, MultiCategorical
 from ppo_lab.policies.layers import MLP
+from ppo_lab.policies.observations import obs_to_tensor  # also importable from here, its old home
 
 if TYPE_CHECKING:
     from ppo_lab.policies.protocol import ActorCriticBase as ActorCritic
-
-
-def obs_to_tensor(obs: np.ndarray, device: torch.device | str) -> Tensor:
-    """A batch of env observations as the network's input: uint8 pixels stay uint8, other
-    integers (Discrete indices) become int64, anything else float32 (MuJoCo v5 returns float64)."""
-    obs = np.asarray(obs)
-    if obs.dtype == np.uint8:
-        dtype = torch.uint8
-    elif np.issubdtype(obs.dtype, np.integer):
-        dtype = torch.int64
-    else:
-        dtype = torch.float32
-    return torch.as_tensor(obs, dtype=dtype, device=device)
 
 
 class InferencePolicy:
@@ -177,8 +165,9 @@ class NetworkPolicy(InferencePolicy):
 
     @torch.inference_mode()
     def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``obs`` ``(B, *obs_shape)`` (uint8 pixels stay uint8) -> (float32 logits or mean
-        ``(B, n)``, value ``(B,)``), computed on the network's device and copied to the host."""
+        """``obs`` ``(B, *obs_shape)``, or ``{key: (B, *entry_shape)}`` for Dict observations
+        (uint8 pixels stay uint8) -> (float32 logits or mean ``(B, n)``, value ``(B,)``),
+        computed on the network's device and copied to the host."""
         network = self.network
         was_training = network.training
         network.eval()  # acting is inference (SB3's set_training_mode(False)): dropout off, say

@@ -9,7 +9,8 @@ observation; the *next* ``step`` call resets that env (its action is ignored, re
   and left out of the loss.
 
 Storage is preallocated once; pixel observations stay uint8 (Atari detail 9 keeps scaling in the
-network).
+network). Dict observations are stored as a dict of arrays, one per entry, through the helpers of
+``policies/observations.py`` (which the Box path goes through at the cost of one type check).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from ppo_lab.config import ActionMasking
 from ppo_lab.envs import completed_episodes, first_action_mask, read_action_mask
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
-from ppo_lab.policies.encoders import buffer_dtype
+from ppo_lab.policies.observations import (
+    ObsTree, allocate_obs, flatten_obs, index_obs, map_obs, split_obs, write_obs,
+)
 
 
 @dataclass
@@ -38,7 +41,8 @@ class RolloutBuffer:
 
     Attributes:
         obs: ``(T, N, *obs_shape)`` observation each action was taken in: uint8 for pixels,
-            int64 for Discrete / MultiDiscrete spaces, float32 otherwise (``encoders.buffer_dtype``).
+            int64 for Discrete / MultiDiscrete spaces, float32 otherwise (``encoders.buffer_dtype``);
+            for a Dict space ``{key: (T, N, *entry_shape)}``, each entry with its own dtype.
         actions: ``(T, N)`` int64, ``(T, N, k)`` int64 (MultiDiscrete), ``(T, N, n)`` int64 bits
             (MultiBinary) or ``(T, N, d)`` float32 (the unclipped sampled actions).
         logprobs: ``(T, N)`` float32 log pi_old(a|s).
@@ -56,7 +60,7 @@ class RolloutBuffer:
             ``sum(nvec)`` for MultiDiscrete), or None when the run does not mask.
     """
 
-    obs: np.ndarray
+    obs: ObsTree
     actions: np.ndarray
     logprobs: np.ndarray
     values: np.ndarray
@@ -74,7 +78,6 @@ class RolloutBuffer:
         """Preallocate storage for ``num_steps`` steps of ``envs``."""
         n = envs.num_envs
         obs_space, act_space = envs.single_observation_space, envs.single_action_space
-        obs_dtype = buffer_dtype(obs_space)
         if isinstance(act_space, gym.spaces.Box):
             actions = np.zeros((num_steps, n, *act_space.shape), dtype=np.float32)
         elif isinstance(act_space, (gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)):
@@ -83,7 +86,7 @@ class RolloutBuffer:
             actions = np.zeros((num_steps, n), dtype=np.int64)
         shape = (num_steps, n)
         return cls(
-            obs=np.zeros((num_steps, n, *obs_space.shape), dtype=obs_dtype),
+            obs=allocate_obs(obs_space, (num_steps, n)),
             actions=actions,
             logprobs=np.zeros(shape, dtype=np.float32),
             values=np.zeros(shape, dtype=np.float32),
@@ -108,7 +111,7 @@ class RolloutBuffer:
             return torch.from_numpy(array.reshape(-1, *array.shape[2:])).to(device)
 
         return TrainingBatch(
-            obs=flat(self.obs), actions=flat(self.actions), logprobs=flat(self.logprobs),
+            obs=map_obs(lambda a: torch.from_numpy(a).to(device), flatten_obs(self.obs)), actions=flat(self.actions), logprobs=flat(self.logprobs),
             values=flat(self.values), advantages=flat(advantages), returns=flat(returns),
             valid=torch.from_numpy(np.flatnonzero(self.valid.reshape(-1))).to(device),
             num_envs=self.valid.shape[1],
@@ -121,7 +124,8 @@ class RolloutBuffer:
 
 @dataclass
 class Minibatch:
-    """One minibatch of ``M`` valid steps: ``obs`` ``(M, *obs_shape)``, ``actions`` ``(M, ...)``,
+    """One minibatch of ``M`` valid steps: ``obs`` ``(M, *obs_shape)`` (Dict observations:
+    ``{key: (M, *entry_shape)}``), ``actions`` ``(M, ...)``,
     ``logprobs``, ``advantages``, ``values``, ``returns`` ``(M,)`` (the old policy's values),
     ``masks`` ``(M, n)`` bool (None when the run does not mask).
 
@@ -132,7 +136,7 @@ class Minibatch:
     ``masks`` are ``(T * m, n)``, as the network replays them).
     """
 
-    obs: Tensor
+    obs: ObsTree
     actions: Tensor
     logprobs: Tensor
     advantages: Tensor
@@ -149,7 +153,8 @@ class TrainingBatch:
     """A rollout as flat tensors for the update epochs (``RolloutBuffer.training_batch``).
 
     Attributes:
-        obs, actions, logprobs, values, advantages, returns: ``(T * N, ...)``, step-major.
+        obs, actions, logprobs, values, advantages, returns: ``(T * N, ...)``, step-major
+            (Dict observations: ``{key: (T * N, *entry_shape)}``).
         valid: ``(V,)`` int64 indices of the valid (non-autoreset) steps.
         num_envs: ``N``.
         valid_mask, episode_starts: ``(T, N)`` bool.
@@ -157,7 +162,7 @@ class TrainingBatch:
         masks: ``(T * N, n)`` bool action masks, or None when the run does not mask.
     """
 
-    obs: Tensor
+    obs: ObsTree
     actions: Tensor
     logprobs: Tensor
     values: Tensor
@@ -179,10 +184,11 @@ class TrainingBatch:
         """
         valid = self.valid
         perm = valid[torch.randperm(valid.numel(), device=valid.device)]
-        tensors = (self.obs, self.actions, self.logprobs, self.advantages, self.values, self.returns)
+        tensors = (self.actions, self.logprobs, self.advantages, self.values, self.returns)
         if self.masks is not None:
             tensors += (self.masks,)
-        shuffled = [t[perm].tensor_split(num_minibatches) for t in tensors]
+        shuffled = [split_obs(index_obs(self.obs, perm), num_minibatches)]
+        shuffled += [t[perm].tensor_split(num_minibatches) for t in tensors]
         return [Minibatch(*parts[:6], masks=parts[6] if len(parts) > 6 else None)
                 for parts in zip(*shuffled) if parts[3].numel() > 0]
 
@@ -209,7 +215,7 @@ class TrainingBatch:
             select = torch.nonzero(self.valid_mask[:, envs].reshape(-1)).squeeze(-1)
             scored = rows[select]
             out.append(Minibatch(
-                obs=self.obs[rows], actions=self.actions[rows], logprobs=self.logprobs[scored],
+                obs=index_obs(self.obs, rows), actions=self.actions[rows], logprobs=self.logprobs[scored],
                 advantages=self.advantages[scored], values=self.values[scored], returns=self.returns[scored],
                 state=self.initial_state[envs], episode_starts=self.episode_starts[:, envs], select=select,
                 masks=None if self.masks is None else self.masks[rows],
@@ -271,7 +277,7 @@ class RolloutCollector:
         for an autoreset step, and the action sampler's generator state (plain ints: it loads
         with ``weights_only=True``)."""
         state = {
-            "next_obs": torch_from_numpy(np.asarray(self.next_obs)),
+            "next_obs": map_obs(lambda a: torch_from_numpy(np.asarray(a)), self.next_obs),
             "prev_done": torch_from_numpy(self.prev_done),
             "episode_start": torch_from_numpy(self.episode_start),
             "rng": self.rng.bit_generator.state,
@@ -284,7 +290,7 @@ class RolloutCollector:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` (the env itself must be restored to match)."""
-        self.next_obs = state["next_obs"].numpy().copy()
+        self.next_obs = map_obs(lambda t: t.numpy().copy(), state["next_obs"])
         self.prev_done = state["prev_done"].numpy().copy()
         if "episode_start" in state:
             self.episode_start = state["episode_start"].numpy().copy()
@@ -312,8 +318,8 @@ class RolloutCollector:
                 policy.state = self.state
             buf.initial_state = policy.state.copy()
         masks, width = buf.masks, None if buf.masks is None else buf.masks.shape[-1]
-        for t in range(buf.obs.shape[0]):
-            buf.obs[t] = self.next_obs
+        for t in range(len(buf.logprobs)):
+            write_obs(buf.obs, t, self.next_obs)
             buf.episode_starts[t] = self.episode_start
             # Keyword arguments only where needed: a user's feed-forward policy may take neither.
             kwargs = {}
@@ -322,7 +328,7 @@ class RolloutCollector:
                 kwargs["mask"] = masks[t]
             if recurrent:
                 kwargs["episode_start"] = self.episode_start
-            action, buf.logprobs[t], buf.values[t] = policy.act(buf.obs[t], self.rng, **kwargs)
+            action, buf.logprobs[t], buf.values[t] = policy.act(index_obs(buf.obs, t), self.rng, **kwargs)
             buf.actions[t] = action
             buf.valid[t] = ~self.prev_done
             # The step after an autoreset step reads the new episode's first observation.
