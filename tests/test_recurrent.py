@@ -287,3 +287,25 @@ def test_the_masked_replay_of_a_recurrent_rollout_gives_its_logprobs(monkeypatch
                                       episode_start=torch.from_numpy(buf.episode_starts))
     valid = buf.valid.reshape(-1)
     np.testing.assert_allclose(logp.detach().numpy()[valid], buf.logprobs.reshape(-1)[valid], atol=1e-5)
+
+
+def test_a_masked_lstm_on_dict_observations_is_one_config(tmp_path, monkeypatch):
+    """Dict observations (PettingZoo's observation + action_mask), masks from the Dict entry and an
+    LSTM, in one run: MaskedChoiceDict raises on any invalid action."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parent / "userland"))
+    result = train(compose_cfg(["debug=fast", "env.id=mymasked:MaskedChoiceDict-v0", "network=lstm",
+                                "total_timesteps=1024", "agent.num_envs=4", "agent.num_steps=64",
+                                "agent.num_minibatches=2", "eval_deterministic=false"]), tmp_path)
+    assert result["global_step"] == 1024
+    import ppo_lab
+    agent = ppo_lab.load(tmp_path)
+    assert agent.masked and agent.network.recurrent_state_size > 0
+    env = agent.make_env()
+    obs, _ = env.reset(seed=0)
+    state, start = None, True
+    for _ in range(10):  # predict reads the mask from the Dict observation and carries the state
+        action, state = agent.predict(obs, state, episode_start=start, deterministic=False)
+        obs, _, terminated, truncated, _ = env.step(action)
+        start = False
+        if terminated or truncated:
+            break

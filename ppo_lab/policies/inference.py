@@ -16,7 +16,7 @@ from torch import Tensor
 
 from ppo_lab.policies.distributions import Categorical, MultiCategorical
 from ppo_lab.policies.layers import MLP
-from ppo_lab.policies.observations import obs_to_tensor  # also importable from here, its old home
+from ppo_lab.policies.observations import obs_batch_size, obs_to_tensor  # obs_to_tensor: also importable from here, its old home
 
 if TYPE_CHECKING:
     from ppo_lab.policies.protocol import ActorCriticBase as ActorCritic
@@ -209,9 +209,10 @@ class RecurrentNetworkPolicy(InferencePolicy):
 
     @torch.inference_mode()
     def _forward(self, obs: np.ndarray, episode_start: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        if self.state is None or len(self.state) != len(obs):
-            self.reset_state(len(obs))
-        starts = np.zeros(len(obs), dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool)
+        batch = obs_batch_size(obs)
+        if self.state is None or len(self.state) != batch:
+            self.reset_state(batch)
+        starts = np.zeros(batch, dtype=bool) if episode_start is None else np.asarray(episode_start, dtype=bool)
         network = self.network
         was_training = network.training
         network.eval()
