@@ -154,6 +154,7 @@ def test_optuna_trains_each_batch_of_trials_as_a_population(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     jobs = job_dirs(sweep_dir)
     assert len(jobs) == 2
+    assert "Population 0: jobs #0, #1" in proc.stdout + proc.stderr, "the two trials of a batch train together"
     returns = [json.loads((j / "summary.json").read_text())["eval/episodic_return"] for j in jobs]
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
     assert result["best_value"] == pytest.approx(max(returns))
@@ -173,3 +174,15 @@ def test_sigterm_stops_the_population_sweep_and_the_job_dir_resumes(tmp_path):
     done = run_script("train.py", [f"resume={sweep_dir / '0'}", f"total_timesteps={step + 256}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert torch.load(sweep_dir / "0" / "checkpoints" / "final.pt", weights_only=False)["global_step"] == step + 256
+
+
+def test_sigterm_reaches_the_worker_processes_of_n_jobs_2(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    returncode, err = sigterm_once_training(
+        ["-m", "seed=1", "agent.num_envs=1,2", "logger=none", "progress=false", "total_timesteps=2000000",
+         "agent.num_steps=64", "eval_episodes=1", "hydra/launcher=population", "hydra.launcher.n_jobs=2",
+         f"hydra.sweep.dir={sweep_dir}"], tmp_path, sweep_dir / "1" / "metrics.jsonl")
+    assert returncode != 0
+    assert "SIGTERM received" in err and f"resume={sweep_dir / '1'}" in err, err[-3000:]
+    assert list((sweep_dir / "1" / "checkpoints").glob("update_*.pt"))
+    assert not (sweep_dir / "1" / "checkpoints" / "final.pt").exists()
