@@ -137,8 +137,9 @@ def train_population(members: Sequence[Member]) -> list[Union[dict[str, float], 
 
 @contextlib.contextmanager
 def job_context(member: Member) -> Iterator[None]:
-    """While one member trains: its HydraConfig, its job log file and ``hydra.job.env_set``, as
-    Hydra's ``run_job`` sets them around a basic-launcher job."""
+    """While one member trains: its HydraConfig, its job log file, ``hydra.job.env_set`` and (with
+    ``hydra.job.chdir=true``) its run dir as working dir, as Hydra's ``run_job`` sets them around
+    a basic-launcher job."""
     if member.hydra_cfg is None:
         yield
         return
@@ -146,14 +147,17 @@ def job_context(member: Member) -> Iterator[None]:
     from hydra.core.utils import configure_log, env_override
 
     hydra_config = HydraConfig.instance()
-    previous = hydra_config.cfg
+    previous, cwd = hydra_config.cfg, os.getcwd()
     hydra_config.set_config(member.hydra_cfg)
     try:
+        if member.hydra_cfg.hydra.job.chdir:
+            os.chdir(member.run_dir)
         configure_log(member.hydra_cfg.hydra.job_logging, member.hydra_cfg.hydra.verbose)
         with env_override(dict(member.hydra_cfg.hydra.job.env_set)):
             yield
     finally:
         hydra_config.cfg = previous
+        os.chdir(cwd)
 
 
 # ---------------------------------------------------------------------------------- outcomes
