@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ppo_lab.commands.train import EXIT_INTERRUPTED, main_guard, train
+from ppo_lab.commands.train import EXIT_INTERRUPTED, main_guard, result_line, train
 from ppo_lab.config import register_configs
 
 register_configs()
@@ -33,12 +33,7 @@ def main(cfg: DictConfig) -> Optional[float]:
         raise RuntimeError(
             f"job {hc.job.num} failed (exit status {exc.code}); run dir: {hc.runtime.output_dir}"
         ) from None
-    stopped = f", stopped by callbacks.{result['stopped_by']}" if result.get("stopped_by") else ""
-    print(
-        f"eval/episodic_return={result['eval/episodic_return']:.1f} "
-        f"(std {result['eval/episodic_return_std']:.1f}) at global_step={int(result['global_step'])}, "
-        f"wall {result['time/wall_s']:.1f} s{stopped}; run dir: {hc.runtime.output_dir}"
-    )
+    print(result_line(result, hc.runtime.output_dir))
     # The return value is the objective for sweepers (e.g. Optuna): final mean eval return.
     return result["eval/episodic_return"]
 

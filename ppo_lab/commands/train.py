@@ -158,6 +158,16 @@ def train(
             envs.close()
 
 
+def result_line(result: dict[str, Any], run_dir: str | Path) -> str:
+    """The line a finished job prints: final eval return, steps, wall time, run dir."""
+    stopped = f", stopped by callbacks.{result['stopped_by']}" if result.get("stopped_by") else ""
+    return (
+        f"eval/episodic_return={result['eval/episodic_return']:.1f} "
+        f"(std {result['eval/episodic_return_std']:.1f}) at global_step={int(result['global_step'])}, "
+        f"wall {result['time/wall_s']:.1f} s{stopped}; run dir: {run_dir}"
+    )
+
+
 def legacy_sink_state(state: Optional[dict[str, Any]]) -> Optional[dict[str, Any]]:
     """The W&B run of a checkpoint written before sinks kept their own state."""
     if not state or not state.get("wandb_run_id"):

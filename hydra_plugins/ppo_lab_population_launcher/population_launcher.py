@@ -1,0 +1,194 @@
+"""``hydra/launcher=population``: a sweep's jobs trained as populations.
+
+``python train.py -m seed=1,2,3,4 agent.clip_coef=0.1,0.2 hydra/launcher=population`` gives the
+job dirs, W&B runs and report of a normal sweep:
+
+1. Each job is set up by Hydra's own ``run_job`` with a task function that only records the
+   job (config, run dir, task overrides): ``run_job`` makes ``<sweep dir>/<job num>/`` and its
+   ``.hydra/`` files exactly as for any launcher.
+2. Jobs whose configs differ only in batchable keys form populations
+   (``ppo_lab.commands.population.population_groups``, at most ``max_members`` each).
+3. Each population is trained by ``train_population``: in this process (``n_jobs=1``) or in
+   ``n_jobs`` spawned worker processes, one population per worker at a time.
+4. One ``JobReturn`` per job, in the sweep's job order: ``return_value`` is the final
+   ``eval/episodic_return`` (train.py's objective, which the Optuna sweeper reads), or status
+   FAILED with the job's error; a failed member fails only its job.
+
+SIGTERM (or Ctrl-C) stops the sweep as it does train.py's: the training members checkpoint, and
+the launcher raises KeyboardInterrupt. ``python train.py resume=<job dir>`` resumes a job.
+The train.py task function itself is not called (its wiring is repeated here: result line,
+failure message, objective). Hydra callbacks see ``on_job_start``/``on_job_end`` while a job is
+set up, before it trains.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+
+class _RecordJob:
+    """The task function given to ``run_job``: records the job, trains nothing."""
+
+    def __init__(self, job_num: int) -> None:
+        self.job_num = job_num
+        self.member: Any = None
+        self.config: Optional[dict[str, Any]] = None
+
+    def __call__(self, cfg: DictConfig) -> None:
+        from ppo_lab.commands.population import Member
+        from ppo_lab.commands.train import resolved_config
+
+        hc = HydraConfig.get()
+        self.member = Member(cfg=cfg, run_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task),
+                             sweep_dir=hc.sweep.dir, job_num=self.job_num,
+                             hydra_cfg=copy.deepcopy(HydraConfig.instance().cfg))
+        try:  # resolved while the job's HydraConfig is set (``${hydra:...}`` interpolations)
+            self.config = resolved_config(cfg)
+        except Exception:  # noqa: BLE001 - an unresolvable config trains alone and fails there
+            self.config = None
+
+
+class PopulationLauncher(Launcher):
+    """Trains the jobs of each launch as populations (see the module docstring)."""
+
+    def __init__(self, max_members: int = 16, n_jobs: int = 1) -> None:
+        if max_members < 1 or n_jobs < 1:
+            raise ValueError(f"hydra.launcher.max_members={max_members}, n_jobs={n_jobs}; allowed: "
+                             "integers >= 1")
+        self.max_members = max_members
+        self.n_jobs = n_jobs
+        self.config: Optional[DictConfig] = None
+        self.task_function: Optional[TaskFunction] = None
+        self.hydra_context: Optional[HydraContext] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        from ppo_lab.commands.population import population_groups
+
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        log.info(f"Setting up {len(job_overrides)} jobs as populations (max_members={self.max_members}, "
+                 f"n_jobs={self.n_jobs})")
+
+        # 1. Every job's dir and .hydra/ record, by Hydra's run_job.
+        returns, records = [], []
+        for offset, overrides in enumerate(job_overrides):
+            idx = initial_job_idx + offset
+            log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
+            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            with open_dict(sweep_config):
+                sweep_config.hydra.job.id = idx
+                sweep_config.hydra.job.num = idx
+            record = _RecordJob(idx)
+            returns.append(run_job(hydra_context=self.hydra_context, task_function=record, config=sweep_config,
+                                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir"))
+            records.append(record)
+            configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+
+        # 2. Populations.
+        groups = population_groups([r.config for r in records], self.max_members)
+        for number, group in enumerate(groups):
+            log.info(f"Population {number}: jobs {', '.join(f'#{records[i].job_num}' for i in group)}")
+        members = [[records[i].member for i in group] for group in groups]
+
+        # 3. Train them; 4. one JobReturn per job.
+        outcomes = self._train(members)
+        for group, outcome in zip(groups, outcomes):
+            for index, result in zip(group, outcome):
+                self._finish(returns[index], records[index].member, result)
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return returns
+
+    def _train(self, groups: list[list[Any]]) -> list[list[Any]]:
+        """Each group's outcomes (metrics dict or MemberFailure per member), in group order.
+
+        Raises:
+            KeyboardInterrupt: SIGTERM/SIGINT stopped a population (the sweep stops).
+        """
+        from ppo_lab.commands.population import GroupInterrupted, run_group
+
+        # A SIGTERM between two members (no trainer's handler installed) stops the sweep too.
+        previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            if self.n_jobs == 1 or len(groups) == 1:
+                outcomes = []
+                for group in groups:
+                    outcome = run_group(group)
+                    if isinstance(outcome, GroupInterrupted):
+                        raise KeyboardInterrupt
+                    outcomes.append(outcome)
+                return outcomes
+            return self._train_in_workers(groups)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def _train_in_workers(self, groups: list[list[Any]]) -> list[list[Any]]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from ppo_lab.commands.population import GroupInterrupted, run_group_in_worker, worker_init
+
+        stopping = []
+        with ProcessPoolExecutor(max_workers=min(self.n_jobs, len(groups)),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=worker_init) as pool:
+
+            def forward(signum: int, frame: Any) -> None:
+                # Workers are not in the terminal's way: pass SIGTERM on, so each training
+                # member checkpoints and its group returns GroupInterrupted.
+                stopping.append(signum)
+                for pid in list(getattr(pool, "_processes", {}) or {}):
+                    try:
+                        os.kill(pid, signal.SIGTERM)
+                    except ProcessLookupError:
+                        pass
+
+            signal.signal(signal.SIGTERM, forward)
+            futures = [pool.submit(run_group_in_worker, group) for group in groups]
+            outcomes = []
+            try:
+                for future in futures:
+                    outcomes.append(future.result())
+            except Exception:
+                if stopping:  # a worker ended by the signal between two members
+                    raise KeyboardInterrupt from None
+                raise
+        if stopping or any(isinstance(o, GroupInterrupted) for o in outcomes):
+            raise KeyboardInterrupt
+        return outcomes
+
+    @staticmethod
+    def _finish(ret: JobReturn, member: Any, result: Any) -> None:
+        """Fill the job's ``JobReturn`` from its population outcome (as train.py's main would)."""
+        from ppo_lab.commands.train import result_line
+
+        if isinstance(result, dict):
+            print(result_line(result, member.run_dir), flush=True)
+            ret.status = JobStatus.COMPLETED
+            ret.return_value = result["eval/episodic_return"]
+        else:
+            ret.status = JobStatus.FAILED
+            ret.return_value = result.error()
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
