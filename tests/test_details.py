@@ -302,6 +302,16 @@ def test_aux_clip_coef_anneals_and_target_kl_stops_epochs_early(tmp_path):
     assert rec.series("train/epochs") == [20, 20]
 
 
+def test_aux_kl_penalty_adapts_beta_in_a_short_run(tmp_path):
+    """CI's short KL-penalty run; the learning target is the slow test below."""
+    result = train(compose_cfg(["agent.loss=kl_penalty", "total_timesteps=10240", "logger=none",
+                                "progress=false", "seed=1", "eval_episodes=2"]), tmp_path)
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    betas = [r["train/kl_beta"] for r in rows if "train/kl_beta" in r]
+    assert len(betas) == 40 and len(set(betas)) > 1 and result["global_step"] == 10240
+
+
+@pytest.mark.slow
 def test_aux_kl_penalty_solves_cartpole_within_150k_steps(tmp_path):
     result = train(compose_cfg(["agent.loss=kl_penalty", "total_timesteps=150000", "logger=none",
                                 "progress=false", "seed=1"]), tmp_path)

@@ -36,7 +36,7 @@ def test_new_keys_under_schema_nodes_are_refused_in_process(arg, hint):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["+agent.clip_cof=0.1"], "unknown key agent.clip_cof in '+agent.clip_cof=0.1' (did you mean clip_coef?); allowed keys of agent: adam_eps"),
+    (["+agent.clip_cof=0.1"], "unknown key agent.clip_cof in '+agent.clip_cof=0.1' (did you mean clip_coef?); allowed keys of agent: action_masking, adam_eps"),
     (["env.num_envs=4"], "unknown key env.num_envs in 'env.num_envs=4' (did you mean agent.num_envs?)"),
     (["env.max_episode_steps=0"], "env.max_episode_steps=0 is not allowed: a positive number of env steps"),
     (["agent.ent_coef=nan"], "agent.ent_coef=nan is not allowed: a finite number"),
