@@ -88,7 +88,7 @@ RECURRENT_SB3: dict[str, Any] = {
 #: ppo_lab's side: its env config (LSTM preset) at the same budget.
 RECURRENT_PPO_LAB = ["env=popgym_cartpole"]
 #: ppo_lab's rollout (num_envs x num_steps of conf/agent/popgym_lstm.yaml): budgets are whole rollouts of it.
-RECURRENT_BATCH = 32 * 32
+RECURRENT_BATCH = 64 * 32
 #: The issue's recurrent target: steps/s ratio and at least RecurrentPPO's return.
 RECURRENT_TARGET = 10.0
 
