@@ -295,24 +295,14 @@ def test_action_space_checks_name_the_space_and_what_is_allowed():
 def test_a_masked_run_resumes_exactly(tmp_path, userland, monkeypatch):
     """The collector's next_mask is checkpointed: a masked run interrupted by SIGTERM and resumed
     ends with the weights of the uninterrupted run, bit for bit."""
-    from test_resume import SignalAt, steps_logged
+    from test_resume import steps_logged, train_until_sigterm
 
     from ppo_lab.io.checkpoint import load_checkpoint
-    from ppo_lab.training.trainer import Trainer, TrainingInterrupted
 
     overrides = ["debug=fast", "env.id=mymasked:MaskedChoice-v0", "total_timesteps=1024", "checkpoint_interval=4"]
     full, parted = tmp_path / "full", tmp_path / "parted"
     train(compose_cfg(overrides), full)
-    original_init = Trainer.__init__
-
-    def init_with_signal(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.sinks.sinks["signal"] = SignalAt(3 * 128)
-
-    monkeypatch.setattr(Trainer, "__init__", init_with_signal)
-    with pytest.raises(TrainingInterrupted):
-        train(compose_cfg(overrides), parted)
-    monkeypatch.setattr(Trainer, "__init__", original_init)
+    train_until_sigterm(monkeypatch, overrides, parted, 3 * 128)
     assert load_checkpoint(parted / "checkpoints" / "update_000003.pt")["collector"]["next_mask"].shape == (2, 4)
     train(compose_cfg(["logger=none", f"resume={parted}"]), tmp_path / "ignored")
     assert steps_logged(parted) == steps_logged(full)

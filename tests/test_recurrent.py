@@ -17,9 +17,8 @@ from ppo_lab.io.checkpoint import load_checkpoint
 from ppo_lab.policies import ActorCritic
 from ppo_lab.policies.recurrent import RecurrentCore
 from ppo_lab.training.rollout import RolloutCollector, TrainingBatch
-from ppo_lab.training.trainer import Trainer, TrainingInterrupted
 
-from test_resume import SignalAt, steps_logged
+from test_resume import steps_logged, train_until_sigterm
 
 BOX = gym.spaces.Box(-1, 1, (3,), np.float32)
 
@@ -165,18 +164,10 @@ def test_lstm_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     """The checkpoint holds the carried state: a resumed CartPole LSTM run equals the uninterrupted one."""
     full, parted = tmp_path / "full", tmp_path / "parted"
     train(compose_cfg(LSTM_RUN), full)
-    original_init = Trainer.__init__
-
-    def init_with_signal(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.sinks.sinks["signal"] = SignalAt(7 * 256)
-
-    monkeypatch.setattr(Trainer, "__init__", init_with_signal)
-    with pytest.raises(TrainingInterrupted):
-        train(compose_cfg(LSTM_RUN), parted)
-    monkeypatch.setattr(Trainer, "__init__", original_init)
+    train_until_sigterm(monkeypatch, LSTM_RUN, parted, 7 * 256)
     saved = load_checkpoint(parted / "checkpoints" / "update_000007.pt")["collector"]
-    assert saved["recurrent_state"].shape == (4, 256)  # 2 cores x [h, c] x 64 and saved["recurrent_state"].abs().sum() > 0
+    assert saved["recurrent_state"].shape == (4, 256)  # 2 cores x [h, c] x 64
+    assert saved["recurrent_state"].abs().sum() > 0
     train(compose_cfg(["logger=none", f"resume={parted}"]), tmp_path / "ignored")
     assert steps_logged(parted) == steps_logged(full)
     a = load_checkpoint(full / "checkpoints" / "final.pt")["model"]

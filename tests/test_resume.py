@@ -35,6 +35,21 @@ class SignalAt:
         pass
 
 
+def train_until_sigterm(monkeypatch, overrides, run_dir, step, match=None):
+    """Train ``overrides`` into ``run_dir``, stopped by a real SIGTERM at ``global_step == step``
+    (the trainer checkpoints at the end of that update and raises TrainingInterrupted)."""
+    original_init = Trainer.__init__
+
+    def init_with_signal(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.sinks.sinks["signal"] = SignalAt(step)
+
+    monkeypatch.setattr(Trainer, "__init__", init_with_signal)
+    with pytest.raises(TrainingInterrupted, match=match):
+        train(compose_cfg(overrides), run_dir)
+    monkeypatch.setattr(Trainer, "__init__", original_init)
+
+
 def steps_logged(run_dir):
     rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [r["global_step"] for r in rows if "train/loss" in r]
@@ -45,16 +60,7 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
     train(compose_cfg(OVERRIDES), full)
 
     # Interrupt the second run by a real SIGTERM at update 7 (global_step 1792).
-    original_init = Trainer.__init__
-
-    def init_with_signal(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        self.sinks.sinks["signal"] = SignalAt(7 * 256)
-
-    monkeypatch.setattr(Trainer, "__init__", init_with_signal)
-    with pytest.raises(TrainingInterrupted, match=f"Resume with: python train.py resume={parted}"):
-        train(compose_cfg(OVERRIDES), parted)
-    monkeypatch.setattr(Trainer, "__init__", original_init)
+    train_until_sigterm(monkeypatch, OVERRIDES, parted, 7 * 256, match=f"Resume with: python train.py resume={parted}")
     assert load_checkpoint(parted / "checkpoints" / "update_000007.pt")["iteration"] == 7
 
     train(compose_cfg(["logger=none", f"resume={parted}"]), tmp_path / "ignored")
