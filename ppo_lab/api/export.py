@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from ppo_lab.api.agent import OBS_EPSILON, Agent, load
 from ppo_lab.config import ConfigError
 from ppo_lab.policies.distributions import MASKED_LOGIT, Bernoulli, Categorical, DiagGaussian, MultiCategorical
+from ppo_lab.policies.protocol import is_recurrent
 
 #: Allowed values of ``format=`` and the file suffix each writes.
 FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -92,7 +93,7 @@ class DeterministicPolicy(nn.Module):
         if not isinstance(agent.observation_space, gym.spaces.Box):
             raise ConfigError(f"cannot export {name}: observation space {agent.observation_space} is not a Box "
                               "(the exported file takes one obs tensor; Dict observations have no per-key inputs)")
-        if getattr(network, "recurrent_state_size", 0):
+        if is_recurrent(network):
             raise ConfigError(f"cannot export {name}: it is recurrent (network.core=lstm|gru; state of "
                               f"{network.recurrent_state_size} floats per env) and the exported file takes one obs "
                               "tensor; use ppo_lab.load(run_dir).predict(obs, state, episode_start) instead")

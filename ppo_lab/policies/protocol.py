@@ -168,6 +168,12 @@ class ActorCriticBase(nn.Module):
                 "log_std_min": float(ls.min()), "log_std_max": float(ls.max())}
 
 
+def is_recurrent(network: object) -> bool:
+    """Whether ``network`` carries a recurrent state (``recurrent_state_size > 0``); a user's
+    network without the attribute is feed-forward."""
+    return getattr(network, "recurrent_state_size", 0) > 0
+
+
 def check_network(network: object, target: str) -> None:
     """Refuse a network that does not meet the protocol, naming what it lacks.
 
@@ -176,7 +182,7 @@ def check_network(network: object, target: str) -> None:
             evaluate_actions, inference_policy ...``.
     """
     missing = [name for name in REQUIRED if not hasattr(network, name)]
-    if getattr(network, "recurrent_state_size", 0):
+    if is_recurrent(network):
         missing += [name for name in REQUIRED_RECURRENT if not hasattr(network, name)]
     if not isinstance(network, nn.Module):
         missing.insert(0, "torch.nn.Module base class")

@@ -29,6 +29,7 @@ from ppo_lab.config import ActionMasking
 from ppo_lab.envs import completed_episodes, first_action_mask, read_action_mask
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
+from ppo_lab.policies.protocol import is_recurrent
 from ppo_lab.policies.observations import (
     ObsTree, allocate_obs, flatten_obs, index_obs, map_obs, split_obs, write_obs,
 )
@@ -310,7 +311,7 @@ class RolloutCollector:
         """
         buf, episodes = self.buffer, []
         policy = network.inference_policy()  # fused numpy snapshot of this rollout's weights (MLP)
-        recurrent = getattr(network, "recurrent_state_size", 0) > 0
+        recurrent = is_recurrent(network)
         if recurrent:
             if self.state is None:
                 policy.reset_state(self.envs.num_envs)

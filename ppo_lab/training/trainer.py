@@ -29,6 +29,7 @@ from ppo_lab.algo.schedules import linear_anneal
 from ppo_lab.config import LossType, TrainConfig
 from ppo_lab.envs import EnvStateSnapshot, NormalizationStats
 from ppo_lab.io.checkpoint import load_checkpoint, load_components, save_checkpoint, state_of
+from ppo_lab.policies.protocol import is_recurrent
 from ppo_lab.training.callbacks import Callback, RunView
 from ppo_lab.training.diagnostics import Diagnostics
 from ppo_lab.training.evaluation import evaluate_policy
@@ -219,7 +220,7 @@ class Trainer:
         # One row of STAT_KEYS per minibatch, stacked once (not one add per statistic).
         rows: list[torch.Tensor] = []
         epochs_run, kl_column = 0, STAT_KEYS.index("approx_kl")
-        recurrent = getattr(self.network, "recurrent_state_size", 0) > 0
+        recurrent = is_recurrent(self.network)
         for epoch in range(a.update_epochs):
             epoch_start = len(rows)
             # Recurrent policies: minibatches of whole env sequences, replayed from their stored state.
