@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.distributions import Categorical as TorchCategorical
 
+import ppo_lab.training.population as population_mod
 import ppo_lab.training.trainer as trainer_mod
 from conftest import compose_cfg, run_script
 from ppo_lab.config import ActionType, EnvConfig, to_typed
@@ -56,17 +57,22 @@ def make_trainer(overrides, tmp_path):
     return trainer, recorder
 
 
+def solo(x):
+    """A population-of-one tensor (leading member dim of 1) as the solo run's (a copy)."""
+    return x.detach()[0].clone() if torch.is_tensor(x) and x.dim() > 0 else x
+
+
 def spy_losses(monkeypatch):
     """Record the arguments of every ppo_losses call made by the trainer."""
     calls = []
-    real = trainer_mod.ppo_losses
+    real = population_mod.ppo_losses
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
-        calls.append({"args": [a.detach().clone() if torch.is_tensor(a) else a for a in args], "out": out})
+        calls.append({"args": [solo(a) for a in args], "out": {k: solo(v) for k, v in out.items()}})
         return out
 
-    monkeypatch.setattr(trainer_mod, "ppo_losses", spy)
+    monkeypatch.setattr(population_mod, "ppo_losses", spy)
     return calls
 
 
@@ -100,7 +106,7 @@ def test_core6_minibatches_cover_each_valid_sample_once_per_epoch(tmp_path, monk
     trainer.fit()
     valid = int(trainer.collector.buffer.valid.sum())
     assert len(calls) == 3 * 4
-    sizes = [len(c["args"][0]) for c in calls]
+    sizes = [c["args"][0].shape[-1] for c in calls]
     assert sum(sizes) == 3 * valid and max(sizes) - min(sizes) <= 1
 
 
@@ -129,13 +135,13 @@ def test_core8_ratio_is_exactly_one_on_the_first_minibatch_of_the_first_epoch(tm
 
 def test_core11_gradients_are_clipped_to_max_grad_norm(tmp_path, monkeypatch):
     norms = []
-    real_step = trainer_mod.FlatAdam.step
+    real_step = population_mod.StackedAdam.step
 
-    def step(self):
-        norms.append(float(torch.linalg.vector_norm(self.flat_grad)))
-        real_step(self)
+    def step(self, active=None):
+        norms.append(float(torch.linalg.vector_norm(self.flat_grad, dim=1).max()))
+        real_step(self, active)
 
-    monkeypatch.setattr(trainer_mod.FlatAdam, "step", step)
+    monkeypatch.setattr(population_mod.StackedAdam, "step", step)
     trainer, rec = make_trainer(["agent.max_grad_norm=0.01", "total_timesteps=256"], tmp_path)
     trainer.fit()
     assert max(norms) <= 0.01 * (1 + 1e-4)

@@ -1,5 +1,5 @@
 """``hydra/launcher=population``: which jobs form a population, and a population sweep gives the
-job dirs, numbers and report of a basic-launcher sweep (members train one after another today).
+job dirs, numbers (to float32 rounding) and report of a basic-launcher sweep.
 
 Sweeps are subprocesses (``python train.py -m ... hydra/launcher=population``) with a tiny budget.
 """
@@ -38,12 +38,23 @@ def rows(job: Path) -> list[dict]:
             for line in (job / "metrics.jsonl").read_text().splitlines()]
 
 
-def assert_same_weights(a: Path, b: Path) -> None:
+def assert_same_weights(a: Path, b: Path, exact: bool = False) -> None:
+    """Same final weights: bit for bit (``exact``), or to float32 rounding (a member trained in a
+    batched population against the same job alone)."""
     wa = torch.load(a / "checkpoints" / "final.pt", weights_only=False)["model"]
     wb = torch.load(b / "checkpoints" / "final.pt", weights_only=False)["model"]
     assert wa.keys() == wb.keys()
     for key in wa:
-        torch.testing.assert_close(wa[key], wb[key], rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(wa[key], wb[key], rtol=0 if exact else 1e-4, atol=0 if exact else 1e-5, msg=key)
+
+
+def assert_same_rows(a: Path, b: Path) -> None:
+    """The same metrics rows, floats to float32 rounding."""
+    ra, rb = rows(a), rows(b)
+    assert [r.keys() for r in ra] == [r.keys() for r in rb] and ra
+    for x, y in zip(ra, rb):
+        for key in x:
+            assert x[key] == pytest.approx(y[key], rel=1e-3, abs=1e-5), key
 
 
 # ---------------------------------------------------------------------------------- grouping
@@ -119,9 +130,9 @@ def test_a_member_trains_exactly_as_the_same_job_with_the_basic_launcher(populat
     basic = tmp_path / "basic"
     proc = sweep(basic, "seed=2", "agent.clip_coef=0.1")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    member = population_sweep / "2"  # seed=2 agent.clip_coef=0.1
+    member = population_sweep / "2"  # seed=2 agent.clip_coef=0.1, trained beside 3 others
     assert_same_weights(member, basic / "0")
-    assert rows(member) == rows(basic / "0")
+    assert_same_rows(member, basic / "0")
 
 
 def test_n_jobs_2_trains_populations_in_workers_with_the_same_numbers(population_sweep, tmp_path):
@@ -132,7 +143,7 @@ def test_n_jobs_2_trains_populations_in_workers_with_the_same_numbers(population
     assert "Population 1: jobs #1" in proc.stdout + proc.stderr
     one, two = job_dirs(sweep_dir)
     assert json.loads((one / "summary.json").read_text())["global_step"] == 512
-    assert_same_weights(two, population_sweep / "0")  # seed=1 clip 0.1 num_envs=2, in-process there
+    assert_same_weights(two, population_sweep / "0")  # seed=1 clip 0.1 num_envs=2, in a population of 4 there
 
 
 def test_a_failing_member_fails_only_its_job(tmp_path):
@@ -167,10 +178,12 @@ def test_sigterm_stops_the_population_sweep_and_the_job_dir_resumes(tmp_path):
          "agent.num_steps=64", "eval_episodes=1", "hydra/launcher=population", f"hydra.sweep.dir={sweep_dir}"],
         tmp_path, sweep_dir / "0" / "metrics.jsonl")
     assert returncode != 0
-    assert "SIGTERM received" in err and f"resume={sweep_dir / '0'}" in err, err[-3000:]
+    assert "SIGTERM received" in err, err[-3000:]
+    assert f"resume={sweep_dir / '0'}" in err and f"resume={sweep_dir / '1'}" in err, err[-3000:]
     (ckpt,) = (sweep_dir / "0" / "checkpoints").glob("update_*.pt")
-    assert not (sweep_dir / "1" / "checkpoints").exists(), "the sweep went on to the next member"
+    (other,) = (sweep_dir / "1" / "checkpoints").glob("update_*.pt")  # both members train together
     step = torch.load(ckpt, weights_only=False)["global_step"]
+    assert torch.load(other, weights_only=False)["global_step"] == step
     done = run_script("train.py", [f"resume={sweep_dir / '0'}", f"total_timesteps={step + 256}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert torch.load(sweep_dir / "0" / "checkpoints" / "final.pt", weights_only=False)["global_step"] == step + 256

@@ -105,9 +105,9 @@ def test_sigterm_in_subprocess_saves_checkpoint_and_resume_finishes(tmp_path):
 
 
 def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeypatch):
-    import ppo_lab.training.trainer as trainer_mod
+    import ppo_lab.training.population as population_mod
 
-    real = trainer_mod.ppo_losses
+    real = population_mod.ppo_losses
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -117,7 +117,7 @@ def test_nan_loss_stops_with_message_and_keeps_last_checkpoint(tmp_path, monkeyp
             out["value_loss"] = out["value_loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(trainer_mod, "ppo_losses", poisoned)
+    monkeypatch.setattr(population_mod, "ppo_losses", poisoned)
     cfg = compose_cfg(["logger=none", "progress=false", "total_timesteps=2560", "checkpoint_interval=2"])
     with pytest.raises(TrainingDiverged, match=r"update 4 \(global_step 1024\): train/loss is nan"):
         train(cfg, tmp_path)

@@ -15,9 +15,11 @@ import torch
 from gymnasium.wrappers import vector as vw
 
 import ppo_lab.commands.train as train_mod
+import ppo_lab.training.population as population_mod
 import ppo_lab.training.trainer as trainer_mod
 from conftest import compose_cfg
 from test_details import make_trainer as details_make_trainer
+from test_details import solo
 from test_envs import FakeAtariGame
 from ppo_lab.algo.advantages import compute_gae
 from ppo_lab.algo.schedules import linear_anneal
@@ -61,16 +63,16 @@ def one_update(overrides, tmp_path, clip_coef=0.2):
 def spy_losses(monkeypatch, trainer_ref=None):
     """Record the arguments and results of every ppo_losses call the trainer makes."""
     calls = []
-    real = trainer_mod.ppo_losses
+    real = population_mod.ppo_losses
 
     def spy(*args, **kwargs):
         out = real(*args, **kwargs)
-        calls.append({"args": [x.detach().clone() if torch.is_tensor(x) else x for x in args],
-                      "out": out,
+        calls.append({"args": [solo(x) for x in args],
+                      "out": {k: solo(v) for k, v in out.items()},
                       "iteration": trainer_ref[0].iteration if trainer_ref else None})
         return out
 
-    monkeypatch.setattr(trainer_mod, "ppo_losses", spy)
+    monkeypatch.setattr(population_mod, "ppo_losses", spy)
     return calls
 
 
@@ -170,7 +172,7 @@ def test_minibatches_are_shuffled_every_epoch_and_the_trainer_uses_them(tmp_path
 
 def controlled_kl(monkeypatch, values):
     """ppo_losses as usual, but the n-th call reports approx_kl = values[n]."""
-    real = trainer_mod.ppo_losses
+    real = population_mod.ppo_losses
     count = [0]
 
     def fake(*args, **kwargs):
@@ -179,7 +181,7 @@ def controlled_kl(monkeypatch, values):
         count[0] += 1
         return out
 
-    monkeypatch.setattr(trainer_mod, "ppo_losses", fake)
+    monkeypatch.setattr(population_mod, "ppo_losses", fake)
     return count
 
 

@@ -12,7 +12,7 @@ minibatch instead of a loop over parameters. It computes exactly what ``torch.op
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +62,17 @@ class FlatAdam:
         self.exp_avg = torch.zeros_like(self.flat)
         self.exp_avg_sq = torch.zeros_like(self.flat)
 
+    def repoint(self, flat: Tensor, flat_grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor) -> None:
+        """Move the parameters, gradients and moments into the given ``(P,)`` buffers (rows of a
+        :class:`StackedAdam`), which must already hold their values."""
+        self.flat, self.flat_grad, self.exp_avg, self.exp_avg_sq = flat, flat_grad, exp_avg, exp_avg_sq
+        offset = 0
+        for p in self.params:
+            n = p.numel()
+            p.data = flat[offset:offset + n].view_as(p)
+            p.grad = flat_grad[offset:offset + n].view_as(p)
+            offset += n
+
     def zero_grad(self) -> None:
         """Zero the gradients in place (backward then accumulates into the flat buffer)."""
         self.flat_grad.zero_()
@@ -105,3 +116,89 @@ class FlatAdam:
         self.exp_avg.copy_(exp_avg)
         self.exp_avg_sq.copy_(state["exp_avg_sq"])  # type: ignore[arg-type]
         self.lr = float(state["lr"])  # type: ignore[arg-type]
+
+
+Rows = Union[float, Sequence[float]]
+
+
+class StackedAdam:
+    """:class:`FlatAdam` for ``M`` networks of one architecture at once: row ``m`` of one
+    ``(M, P)`` buffer is member ``m``'s flat parameters, so one Adam update (and one per-row
+    gradient clip) serves every member.
+
+    Stacking re-points each member's :class:`FlatAdam` (its parameters, gradients and moments
+    become views of row ``m``), so each member's network, ``state_dict()`` and checkpoint read
+    the shared buffers unchanged. Each row keeps its own step count, learning rate and clip
+    norm: a member that does not step (``active`` False: past its ``target_kl``, or diverged)
+    keeps its moments, parameters and step count, exactly as its solo run would.
+
+    Args:
+        members: each member's :class:`FlatAdam` (same parameter count, device and dtype; their
+            values, moments and step counts are kept).
+
+    Raises:
+        ValueError: the members' parameter counts, devices, dtypes, betas or eps differ.
+    """
+
+    def __init__(self, members: Sequence[FlatAdam]) -> None:
+        self.members = list(members)
+        first = self.members[0]
+        kinds = {(m.flat.numel(), m.flat.device, m.flat.dtype, m.betas, m.eps) for m in self.members}
+        if len(kinds) != 1:
+            raise ValueError(f"StackedAdam needs members of one parameter count, device, dtype, betas and eps; got {kinds}")
+        self.betas, self.eps = first.betas, first.eps
+        self.flat = torch.stack([m.flat for m in self.members])
+        self.flat_grad = torch.zeros_like(self.flat)
+        self.exp_avg = torch.stack([m.exp_avg for m in self.members])
+        self.exp_avg_sq = torch.stack([m.exp_avg_sq for m in self.members])
+        for row, member in enumerate(self.members):
+            member.repoint(self.flat[row], self.flat_grad[row], self.exp_avg[row], self.exp_avg_sq[row])
+
+    def zero_grad(self) -> None:
+        """Zero every member's gradients in place."""
+        self.flat_grad.zero_()
+
+    @torch.no_grad()
+    def clip_grad_norm_(self, max_norm: Rows) -> Tensor:
+        """Scale each row's gradient to a global L2 norm of at most its ``max_norm`` (a float for
+        every row, or one per row); returns the ``(M,)`` norms before clipping
+        (``torch.nn.utils.clip_grad_norm_``'s formula per member; 37 details, detail 11)."""
+        norm = torch.linalg.vector_norm(self.flat_grad, dim=1)
+        limit = max_norm if isinstance(max_norm, float) else torch.tensor(max_norm, dtype=norm.dtype, device=norm.device)
+        self.flat_grad.mul_(torch.clamp(limit / (norm + 1e-6), max=1.0).unsqueeze(1))
+        return norm
+
+    @torch.no_grad()
+    def step(self, active: Optional[Sequence[bool]] = None) -> None:
+        """One Adam update of every row (``active`` None) or of the rows where ``active`` is True,
+        each with its member's current ``lr`` and its own step count."""
+        beta1, beta2 = self.betas
+        rows = range(len(self.members)) if active is None else [i for i, a in enumerate(active) if a]
+        for i in rows:
+            self.members[i].step_count += 1
+        steps = {self.members[i].step_count for i in rows}
+        lrs = {self.members[i].lr for i in rows}
+        if len(rows) == len(self.members) and len(steps) == 1 and len(lrs) == 1:
+            # Every row alike (always so for one member): FlatAdam's scalar formula.
+            (step,), (lr,) = steps, lrs
+            bias1, bias2_sqrt = 1 - beta1**step, math.sqrt(1 - beta2**step)
+            self.exp_avg.lerp_(self.flat_grad, 1 - beta1)
+            self.exp_avg_sq.mul_(beta2).addcmul_(self.flat_grad, self.flat_grad, value=1 - beta2)
+            denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
+            self.flat.addcdiv_(self.exp_avg, denom, value=-lr / bias1)
+            return
+        # Rows differ: per-row bias corrections and step sizes; rows left out keep everything.
+        counts = [self.members[i].step_count for i in range(len(self.members))]
+        column = lambda values: torch.tensor(values, dtype=self.flat.dtype, device=self.flat.device).unsqueeze(1)  # noqa: E731
+        step_size = column([-m.lr / (1 - beta1**max(c, 1)) for m, c in zip(self.members, counts)])
+        bias2_sqrt = column([math.sqrt(1 - beta2**max(c, 1)) for c in counts])
+        exp_avg = torch.lerp(self.exp_avg, self.flat_grad, 1 - beta1)
+        exp_avg_sq = (self.exp_avg_sq * beta2).addcmul_(self.flat_grad, self.flat_grad, value=1 - beta2)
+        flat = torch.addcdiv(self.flat, exp_avg * step_size, (exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps))
+        if active is not None and len(rows) < len(self.members):
+            keep = torch.tensor([bool(a) for a in active], device=self.flat.device).unsqueeze(1)
+            exp_avg, exp_avg_sq = torch.where(keep, exp_avg, self.exp_avg), torch.where(keep, exp_avg_sq, self.exp_avg_sq)
+            flat = torch.where(keep, flat, self.flat)
+        self.exp_avg.copy_(exp_avg)
+        self.exp_avg_sq.copy_(exp_avg_sq)
+        self.flat.copy_(flat)

@@ -5,26 +5,30 @@ The launcher (``hydra_plugins/ppo_lab_population_launcher``) makes every job's d
 record as Hydra does, groups the jobs with :func:`population_groups`, and hands each group to
 :func:`train_population` (in its own worker process with ``hydra.launcher.n_jobs`` > 1).
 
-Today :func:`train_population` trains the members one after another with
-:func:`ppo_lab.commands.train.train`, exactly as the basic launcher would; the batched update
-(many members as one computation) is not there yet and will replace that one function.
+:func:`train_population` prepares each member as its own run and trains them together as one
+:class:`~ppo_lab.training.population.Population` (one batched update per round).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import traceback
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional, Union
 
 from omegaconf import DictConfig
 
-from ppo_lab.commands.train import main_guard, train
-from ppo_lab.training.trainer import TrainingInterrupted
+from ppo_lab.commands.train import close_run, main_guard, prepare_run
+from ppo_lab.training.population import Population, population_refusal
+from ppo_lab.training.trainer import Trainer, TrainingInterrupted
+
+LOG = logging.getLogger("ppo_lab")
 
 #: Keys whose values may differ between the members of one population (the batched trainer
 #: gives each member its own value). Any other key's value defines the population.
@@ -110,29 +114,70 @@ def train_population(members: Sequence[Member]) -> list[Union[dict[str, float], 
     """Train a population; one entry per member, in order: its final metrics (what
     :func:`~ppo_lab.commands.train.train` returns) or the exception that ended it.
 
-    The batched update (all members as one computation) is not there yet: this is the fallback
-    that single-member populations and policies the batched trainer cannot stack will keep
-    using. Each member is trained by ``train(cfg, run_dir, overrides, sweep_dir)``, one after
-    another in this process, exactly as the basic launcher runs a job: same config, same seed,
-    same numbers, its own run dir, checkpoints, metrics and W&B run.
+    Each member is prepared as its own run (:func:`~ppo_lab.commands.train.prepare_run`, in its
+    job's Hydra context: same config, seed, network init, run dir, checkpoints, metrics and W&B
+    run as the basic launcher's job), then all of them train as one
+    :class:`~ppo_lab.training.population.Population` (lockstep rounds, one batched update).
+    Members the population cannot stack (a recurrent core, a CNN, a user's network; the warning
+    says why) train one after another, each a population of one.
 
-    A member's failure (bad config, divergence) is returned in its place and the next member
-    trains.
+    A member's failure (bad config, divergence, an env error) is returned in its place; the
+    other members go on. While they train, each member's log records go to its job's log file.
 
     Raises:
-        TrainingInterrupted: SIGTERM/SIGINT during a member's training (its checkpoint is saved);
-            the members after it do not start.
+        TrainingInterrupted: SIGTERM/SIGINT (every training member saved a checkpoint first).
     """
-    results: list[Union[dict[str, float], BaseException]] = []
-    for member in members:
-        with job_context(member):
-            try:
-                results.append(train(member.cfg, member.run_dir, member.overrides, member.sweep_dir))
-            except (TrainingInterrupted, KeyboardInterrupt):
-                raise
-            except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
-                results.append(exc)
-    return results
+    results: list[Union[dict[str, float], BaseException, None]] = [None] * len(members)
+    prepared: list[tuple[int, Trainer]] = []
+    try:
+        for k, member in enumerate(members):
+            with job_context(member):
+                try:
+                    prepared.append((k, prepare_run(member.cfg, member.run_dir, member.overrides, member.sweep_dir)))
+                except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
+                    results[k] = exc
+        groups = [prepared] if prepared else []
+        if len(prepared) > 1:
+            reason = population_refusal([t for _, t in prepared])
+            if reason:
+                LOG.warning("population of %d jobs trains one member per process (%s)", len(prepared), reason)
+                groups = [[entry] for entry in prepared]
+        for group in groups:
+            population = Population([t for _, t in group])
+            with member_logs(population, [members[k] for k, _ in group]):
+                outcomes = population.fit()
+            for (k, trainer), outcome in zip(group, outcomes):
+                results[k] = outcome
+                close_run(trainer, 0 if isinstance(outcome, dict) else 1)
+    finally:
+        for k, trainer in prepared:
+            if results[k] is None:  # interrupted: close what is still open
+                close_run(trainer, 1)
+    return [r if r is not None else RuntimeError("member did not train") for r in results]
+
+
+@contextlib.contextmanager
+def member_logs(population: Population, members: Sequence[Member]) -> Iterator[None]:
+    """While a population trains: each member's ``ppo_lab`` log records go to its job's log file
+    (``<run dir>/<job name>.log``, as Hydra's job logging writes it), routed by which member the
+    population is stepping."""
+    logger = logging.getLogger("ppo_lab")
+    handlers = []
+    if len(members) > 1:
+        for trainer, member in zip(population.members, members):
+            if member.hydra_cfg is None:
+                continue
+            handler = logging.FileHandler(Path(member.run_dir) / f"{member.hydra_cfg.hydra.job.name}.log")
+            handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+            handler.addFilter(lambda record, t=trainer: population.current is t)
+            logger.addHandler(handler)
+            handlers.append(handler)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
 
 
 @contextlib.contextmanager

@@ -95,6 +95,29 @@ def train(
             network is built, before training starts.
         CheckpointError: ``resume`` names a missing or unreadable checkpoint.
     """
+    trainer = prepare_run(cfg, run_dir, overrides, sweep_dir)
+    exit_code = 1
+    try:
+        result = trainer.fit()
+        exit_code = 0
+        return result
+    finally:
+        close_run(trainer, exit_code)
+
+
+def prepare_run(
+    cfg: DictConfig,
+    run_dir: str | Path,
+    overrides: Optional[list[str]] = None,
+    sweep_dir: Optional[str] = None,
+) -> Trainer:
+    """Everything :func:`train` does before ``fit``: validate, seed, env, network, callbacks, run
+    dir and config, sinks, trainer. A population sweep prepares each member this way (in its
+    job's Hydra context), then trains them together. Close it with :func:`close_run`.
+
+    Raises:
+        ConfigError, CheckpointError: as :func:`train` (anything built so far is closed).
+    """
     run_dir = Path(run_dir)
     # 0. Read the checkpoint to resume from (its run's own config); validate the config once.
     resume_state = None
@@ -136,26 +159,31 @@ def train(
                               group=sweep_group(sweep_dir) if sweep_dir else name,
                               tags=[typed.env.id] + (["sweep"] if sweep_dir else []))
         sinks = build_sinks(typed.logger, context, resume=(resume_state or {}).get("sinks") or legacy_sink_state(resume_state))
+        # 5. Trainer (fit is the caller's).
+        return Trainer(typed, envs, network, sinks, run_dir, device, run_config, callbacks=callbacks,
+                       exact_env_state=family.exact_state, resume_state=resume_state)
     except BaseException:
-        envs.close()
-        raise
-    # 5. Trainer, then fit. Sinks always finish.
-    exit_code = 1
-    try:
-        trainer = Trainer(typed, envs, network, sinks, run_dir, device, run_config, callbacks=callbacks,
-                          exact_env_state=family.exact_state, resume_state=resume_state)
-        result = trainer.fit()
-        exit_code = 0
-        return result
-    finally:
         try:
-            sinks.finish(exit_code)
-        except Exception:  # never let a sink's close hide the error that ended training
-            if exit_code == 0:
-                raise
+            if sinks is not None:
+                sinks.finish(1)
+        except Exception:  # never let a sink's close hide the error that stopped the setup
             logging.getLogger("ppo_lab").exception("closing the sinks failed")
         finally:
             envs.close()
+        raise
+
+
+def close_run(trainer: Trainer, exit_code: int) -> None:
+    """Finish the run's sinks (``exit_code`` 0: trained to the end) and close its envs; a sink's
+    failure to close never hides the error that ended training."""
+    try:
+        trainer.sinks.finish(exit_code)
+    except Exception:
+        if exit_code == 0:
+            raise
+        logging.getLogger("ppo_lab").exception("closing the sinks failed")
+    finally:
+        trainer.envs.close()
 
 
 def result_line(result: dict[str, Any], run_dir: str | Path) -> str:

@@ -233,5 +233,5 @@ class DiagGaussian:
         ``sum(0.5 + log(sqrt(2 pi)) + log_std)`` (torch, differentiable)."""
         z = (actions - mean) * torch.exp(-log_std)
         logp = (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(dim=-1)
-        entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum(dim=-1).expand(mean.shape[0])
+        entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum(dim=-1).expand(mean.shape[:-1])
         return logp, entropy

@@ -135,6 +135,10 @@ class Minibatch:
     before step 0, ``episode_starts`` ``(T, m)``, and ``select`` ``(M,)`` int64 picks the ``M``
     valid steps out of the ``T * m`` the network replays (the other fields are those ``M``;
     ``masks`` are ``(T * m, n)``, as the network replays them).
+
+    A population's minibatch (``training/population.py``) stacks its ``R`` members': every field
+    gains a leading ``(R, ...)`` dim, and ``weights`` ``(R, M)`` float marks the samples (1) and
+    the padding (0) of members whose minibatch is shorter than the longest.
     """
 
     obs: ObsTree
@@ -147,6 +151,7 @@ class Minibatch:
     episode_starts: Optional[Tensor] = None
     select: Optional[Tensor] = None
     masks: Optional[Tensor] = None
+    weights: Optional[Tensor] = None
 
 
 @dataclass
@@ -176,26 +181,27 @@ class TrainingBatch:
     initial_state: Optional[Tensor] = None
     masks: Optional[Tensor] = None
 
-    def minibatches(self, num_minibatches: int) -> list[Minibatch]:
-        """One epoch: the valid steps in a fresh random order (torch's global generator, on the
-        batch's device), split into ``num_minibatches`` minibatches as even as possible (37
-        details, detail 6); empty ones are left out. Each sample appears exactly once.
-
-        One gather per tensor per epoch; the minibatches are then contiguous views.
-        """
+    def minibatch_indices(self, num_minibatches: int, generator: Optional[torch.Generator] = None) -> list[Tensor]:
+        """One epoch's order: the valid steps' row indices in a fresh random order (``generator``,
+        or torch's global one), split into ``num_minibatches`` parts as even as possible (37
+        details, detail 6); empty parts are left out. Each valid step appears exactly once."""
         valid = self.valid
-        perm = valid[torch.randperm(valid.numel(), device=valid.device)]
-        tensors = (self.actions, self.logprobs, self.advantages, self.values, self.returns)
-        if self.masks is not None:
-            tensors += (self.masks,)
-        shuffled = [split_obs(index_obs(self.obs, perm), num_minibatches)]
-        shuffled += [t[perm].tensor_split(num_minibatches) for t in tensors]
-        return [Minibatch(*parts[:6], masks=parts[6] if len(parts) > 6 else None)
-                for parts in zip(*shuffled) if parts[3].numel() > 0]
+        perm = valid[torch.randperm(valid.numel(), device=valid.device, generator=generator)]
+        return [part for part in perm.tensor_split(num_minibatches) if part.numel() > 0]
 
-    def sequence_minibatches(self, num_minibatches: int) -> list[Minibatch]:
-        """One epoch for a recurrent policy: the envs in a fresh random order (torch's global
-        generator), split into ``num_minibatches`` groups as even as possible; each minibatch
+    def minibatches(self, num_minibatches: int, generator: Optional[torch.Generator] = None) -> list[Minibatch]:
+        """One epoch of minibatches in the order of :meth:`minibatch_indices`."""
+        tensors = (self.actions, self.logprobs, self.advantages, self.values, self.returns)
+        out = []
+        for rows in self.minibatch_indices(num_minibatches, generator):
+            parts = [t[rows] for t in tensors]
+            out.append(Minibatch(index_obs(self.obs, rows), *parts,
+                                 masks=None if self.masks is None else self.masks[rows]))
+        return out
+
+    def sequence_minibatches(self, num_minibatches: int, generator: Optional[torch.Generator] = None) -> list[Minibatch]:
+        """One epoch for a recurrent policy: the envs in a fresh random order (``generator``, or
+        torch's global one), split into ``num_minibatches`` groups as even as possible; each minibatch
         is its envs' whole sequences (CleanRL ``ppo_atari_lstm.py``: minibatches split envs),
         with their stored initial state and episode starts, and ``select`` naming the valid
         steps the loss uses (autoreset steps are replayed, never scored).
@@ -210,7 +216,7 @@ class TrainingBatch:
         T = self.valid_mask.shape[0]
         device = self.valid_mask.device
         out = []
-        for envs in torch.randperm(n, device=device).tensor_split(num_minibatches):
+        for envs in torch.randperm(n, device=device, generator=generator).tensor_split(num_minibatches):
             # Time-major rows of these envs: t * N + env, ordered (t, env).
             rows = (torch.arange(T, device=device).unsqueeze(1) * n + envs.unsqueeze(0)).reshape(-1)
             select = torch.nonzero(self.valid_mask[:, envs].reshape(-1)).squeeze(-1)

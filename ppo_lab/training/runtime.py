@@ -65,3 +65,16 @@ class GlobalRNG:
         np_state = state["numpy"]
         np.random.set_state((np_state[0], np_state[1].numpy(), *np_state[2:]))
         torch.set_rng_state(state["torch"])
+
+
+class GeneratorState:
+    """A ``torch.Generator`` as a checkpoint component (a member's minibatch order)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["state"])

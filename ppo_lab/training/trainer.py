@@ -10,37 +10,43 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
-import threading
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import gymnasium as gym
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ppo_lab.algo.advantages import compute_gae
-from ppo_lab.algo.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
 from ppo_lab.algo.optim import FlatAdam
 from ppo_lab.algo.schedules import linear_anneal
-from ppo_lab.config import LossType, TrainConfig
+from ppo_lab.config import TrainConfig
 from ppo_lab.envs import EnvStateSnapshot, NormalizationStats
 from ppo_lab.io.checkpoint import load_checkpoint, load_components, save_checkpoint, state_of
-from ppo_lab.policies.protocol import is_recurrent
 from ppo_lab.training.callbacks import Callback, RunView
 from ppo_lab.training.diagnostics import Diagnostics
 from ppo_lab.training.evaluation import evaluate_policy
+from ppo_lab.training.population import Population
 from ppo_lab.training.rollout import RolloutBuffer, RolloutCollector
-from ppo_lab.training.runtime import GlobalRNG
+from ppo_lab.training.runtime import GeneratorState, GlobalRNG
 
 LOG = logging.getLogger("ppo_lab")
 
-#: Per-minibatch statistics averaged over an update and logged as ``train/<key>``.
-STAT_KEYS = ("policy_loss", "value_loss", "entropy", "approx_kl", "old_approx_kl", "clipfrac",
-             "loss", "grad_norm")
+@dataclass
+class Rollout:
+    """One member's phases 1-3: the filled buffer, the episodes that ended in it, GAE
+    ``advantages`` and ``returns`` ``(num_steps, num_envs)``, and the scheduled ``lr`` and
+    ``clip_coef`` of this update."""
+
+    buf: RolloutBuffer
+    episodes: list[tuple[float, int]]
+    advantages: np.ndarray
+    returns: np.ndarray
+    lr: float
+    clip_coef: float
 
 
 def max_entropy(action_space: gym.Space) -> Optional[float]:
@@ -110,8 +116,14 @@ class Trainer:
         self.kl_beta = a.kl_beta
         self.best_eval_return = -math.inf
         self.recent_returns: deque[float] = deque(maxlen=20)
-        self._stop_signal: Optional[int] = None
         self.stopped_by: Optional[str] = None
+        #: The population this member trains in (``training/population.py``); a solo run makes its own.
+        self.population: Any = None
+        #: The minibatch order's generator: torch's global state after the network's init, so
+        #: it draws what a run alone in its process would (and members do not share one).
+        self.generator = torch.Generator(device="cpu")
+        self.generator.set_state(torch.get_rng_state())
+        self.start_time, self.start_step, self.sps = time.perf_counter(), 0, 0.0
         self.timing = {"rollout": 0.0, "update": 0.0, "log": 0.0}
         self.collector = RolloutCollector(envs, a.num_steps, cfg.seed, a.action_masking)
         self.normalization = NormalizationStats(envs)
@@ -126,76 +138,86 @@ class Trainer:
         """Train until ``total_timesteps`` (or a callback's stop); returns the final evaluation
         metrics (``eval/...``) and ``stopped_by`` (the callback's key, if one stopped training).
 
+        A solo run is a population of one: this trains ``Population([self])``
+        (``training/population.py``), the one training loop.
+
         Raises:
             TrainingDiverged: non-finite loss or parameters (the last checkpoint is left intact).
             TrainingInterrupted: SIGTERM/SIGINT; a checkpoint was written first.
         """
-        a = self.cfg.agent
-        start = time.perf_counter()
-        start_step = self.global_step
-        bar = tqdm(total=self.num_iterations * a.batch_size, initial=self.global_step, unit="step",
-                   disable=not self.cfg.progress, dynamic_ncols=True, mininterval=1.0)
-        # Signal handlers can only be installed from the main thread (not, e.g., a Ray actor's).
-        in_main = threading.current_thread() is threading.main_thread()
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if in_main else {}
-        try:
-            self._notify("on_training_start")
-            for iteration in range(self.iteration + 1, self.num_iterations + 1):
-                # 1. Schedules: linear annealing of lr and clip_coef (detail 4).
-                lr, clip_coef = self._schedules(iteration)
-                # 2. Rollout: num_steps vector steps with the current policy (detail 1).
-                tic = time.perf_counter()
-                buf, episodes = self.collector.collect(self.network)
-                self.global_step += a.batch_size
-                self.iteration = iteration
-                self.timing["rollout"] += time.perf_counter() - tic
-                # 3. Advantages: GAE with bootstrap on truncation (detail 5).
-                tic = time.perf_counter()
-                advantages, returns = compute_gae(
-                    buf.rewards, buf.values, buf.next_values(),
-                    buf.terminated, buf.truncated, a.gamma, a.gae_lambda,
-                )
-                # 4. Update: epochs of shuffled minibatches (details 6-11).
-                stats = self._update(buf, advantages, returns, clip_coef)
-                self.timing["update"] += time.perf_counter() - tic
-                # 5. Log, and let the callbacks see the update.
-                tic = time.perf_counter()
-                sps = (self.global_step - start_step) / (tic - start)
-                metrics = self._log(stats, episodes, lr, clip_coef, sps, elapsed=tic - start)
-                bar.update(a.batch_size)
-                bar.set_postfix(sps=f"{sps:,.0f}", ret=self._recent_return(), refresh=False)
-                self.timing["log"] += time.perf_counter() - tic
-                self._notify("on_update_end", metrics)
-                # 6. Evaluate and checkpoint.
-                if self.cfg.eval_interval and iteration % self.cfg.eval_interval == 0:
-                    self.evaluate()
-                if iteration % self.cfg.checkpoint_interval == 0:
-                    self.save(f"update_{iteration:06d}.pt")
-                if self._stop_signal is not None:
-                    self._interrupt()
-                if self.stopped_by is not None:
-                    LOG.info("callbacks.%s asked to stop at update %d (global_step %d)",
-                             self.stopped_by, self.iteration, self.global_step)
-                    break
-            final = self.evaluate(final=True)
-            self.save("final.pt")
-            final["time/wall_s"] = time.perf_counter() - start
-            final.update(self.time_breakdown())
-            if self.stopped_by is not None:
-                final["stopped_by"] = self.stopped_by
-            self.sinks.summary(final)
-            self._notify("on_training_end", final)
-            return final
-        finally:
-            bar.close()
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        population = self.population if self.population is not None else Population([self])
+        if len(population.members) != 1:
+            raise RuntimeError("this trainer is a member of a population: call the population's fit()")
+        (outcome,) = population.fit()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
-    # ------------------------------------------------------------------ phases
+    # ------------------------------------------------------------------ phases (one member)
+    def begin(self) -> None:
+        """Before the first round: start the clocks; tell the callbacks."""
+        self.start_time = time.perf_counter()
+        self.start_step = self.global_step
+        self._notify("on_training_start")
+
+    def running(self) -> bool:
+        """Whether this member trains another round (updates left, no callback's stop)."""
+        return self.iteration < self.num_iterations and self.stopped_by is None
+
+    def collect(self) -> Rollout:
+        """Phases 1-3 of the next update: schedules, rollout, advantages."""
+        a = self.cfg.agent
+        iteration = self.iteration + 1
+        # 1. Schedules: linear annealing of lr and clip_coef (detail 4).
+        lr, clip_coef = self._schedules(iteration)
+        # 2. Rollout: num_steps vector steps with the current policy (detail 1).
+        tic = time.perf_counter()
+        buf, episodes = self.collector.collect(self.network)
+        self.global_step += a.batch_size
+        self.iteration = iteration
+        self.timing["rollout"] += time.perf_counter() - tic
+        # 3. Advantages: GAE with bootstrap on truncation (detail 5).
+        tic = time.perf_counter()
+        advantages, returns = compute_gae(
+            buf.rewards, buf.values, buf.next_values(),
+            buf.terminated, buf.truncated, a.gamma, a.gae_lambda,
+        )
+        self.timing["update"] += time.perf_counter() - tic
+        return Rollout(buf, episodes, advantages, returns, lr, clip_coef)
+
+    def after_update(self, stats: dict[str, float], rollout: Rollout) -> None:
+        """Phases 5-6 after the update (4, the population's): log, callbacks, evaluate, checkpoint."""
+        tic = time.perf_counter()
+        self.sps = (self.global_step - self.start_step) / (tic - self.start_time)
+        metrics = self._log(stats, rollout.episodes, rollout.lr, rollout.clip_coef, self.sps,
+                            elapsed=tic - self.start_time)
+        self.timing["log"] += time.perf_counter() - tic
+        self._notify("on_update_end", metrics)
+        if self.cfg.eval_interval and self.iteration % self.cfg.eval_interval == 0:
+            self.evaluate()
+        if self.iteration % self.cfg.checkpoint_interval == 0:
+            self.save(f"update_{self.iteration:06d}.pt")
+        if self.stopped_by is not None:
+            LOG.info("callbacks.%s asked to stop at update %d (global_step %d)",
+                     self.stopped_by, self.iteration, self.global_step)
+
+    def finish(self) -> dict[str, float]:
+        """After the last round: the final evaluation, ``final.pt``, the summary; tell the callbacks."""
+        final = self.evaluate(final=True)
+        self.save("final.pt")
+        final["time/wall_s"] = time.perf_counter() - self.start_time
+        final.update(self.time_breakdown())
+        if self.stopped_by is not None:
+            final["stopped_by"] = self.stopped_by
+        self.sinks.summary(final)
+        self._notify("on_training_end", final)
+        return final
+
     def time_breakdown(self) -> dict[str, float]:
         """Cumulative seconds of this process's training loop by phase: ``time/env_s`` (inside
         ``envs.step``), ``time/inference_s`` (the rest of the rollout: policy forward, sampling,
-        copies), ``time/update_s`` (GAE + gradient epochs), ``time/log_s``."""
+        copies), ``time/update_s`` (GAE + gradient epochs; in a population, this member's
+        equal share of the batched update), ``time/log_s``."""
         env = self.collector.env_seconds
         return {"time/env_s": env, "time/inference_s": self.timing["rollout"] - env,
                 "time/update_s": self.timing["update"], "time/log_s": self.timing["log"]}
@@ -210,66 +232,27 @@ class Trainer:
     def _update(
         self, buf: RolloutBuffer, advantages: np.ndarray, returns: np.ndarray, clip_coef: float
     ) -> dict[str, float]:
-        """``update_epochs`` passes of ``num_minibatches`` shuffled minibatches over the valid steps
-        (the buffer hands them out; autoreset steps are left out). Early stop: after an epoch
-        whose mean approx_kl exceeds ``target_kl``."""
-        a = self.cfg.agent
-        batch = buf.training_batch(advantages, returns, self.device)
-        kl_beta = self.kl_beta if a.loss is LossType.kl_penalty else None
+        """Phase 4 alone: this member's update on a collected rollout (its population's
+        ``update``). Raises :class:`TrainingDiverged` where the population reports it."""
+        population = self.population if self.population is not None else Population([self])
+        row = population.members.index(self)
+        lr = self.optimizer.lr
+        result = population.update({row: Rollout(buf, [], advantages, returns, lr, clip_coef)})[row]
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
-        # One row of STAT_KEYS per minibatch, stacked once (not one add per statistic).
-        rows: list[torch.Tensor] = []
-        epochs_run, kl_column = 0, STAT_KEYS.index("approx_kl")
-        recurrent = is_recurrent(self.network)
-        for epoch in range(a.update_epochs):
-            epoch_start = len(rows)
-            # Recurrent policies: minibatches of whole env sequences, replayed from their stored state.
-            minibatches = batch.sequence_minibatches(a.num_minibatches) if recurrent else batch.minibatches(a.num_minibatches)
-            for mb in minibatches:
-                # Keyword arguments only where needed: a user's feed-forward network may take neither.
-                kwargs: dict[str, Any] = {} if mb.masks is None else {"mask": mb.masks}
-                if recurrent:
-                    scores = self.network.evaluate_actions(mb.obs, mb.actions, state=mb.state,
-                                                           episode_start=mb.episode_starts, **kwargs)
-                    new_logprob, entropy, new_value = (x[mb.select] for x in scores)
-                else:
-                    new_logprob, entropy, new_value = self.network.evaluate_actions(mb.obs, mb.actions, **kwargs)
-                terms = ppo_losses(
-                    new_logprob, mb.logprobs, mb.advantages, new_value, mb.values, mb.returns,
-                    entropy, clip_coef, a.clip_vloss, a.norm_adv, kl_beta,
-                )
-                loss = total_loss(terms, a.ent_coef, a.vf_coef)
-                self.optimizer.zero_grad()
-                loss.backward()
-                # Detail 11: global gradient clipping.
-                grad_norm = self.optimizer.clip_grad_norm_(a.max_grad_norm)
-                self.optimizer.step()
-                self.network.after_optimizer_step()
-                terms["loss"], terms["grad_norm"] = loss, grad_norm
-                rows.append(torch.stack([terms[k] for k in STAT_KEYS]).detach())
-            epochs_run = epoch + 1
-            epoch_rows = rows[epoch_start:]
-            last_epoch_kl = float(torch.stack(epoch_rows)[:, kl_column].mean()) if epoch_rows else 0.0
-            if a.target_kl is not None and last_epoch_kl > a.target_kl:
-                break
-
-        stats = dict(zip(STAT_KEYS, torch.stack(rows).mean(0).tolist()))
-        self._check_finite(stats)
-        stats["epochs"] = epochs_run
-        stats["explained_variance"] = explained_variance(batch.values[batch.valid], batch.returns[batch.valid])
-        if kl_beta is not None:
-            self.kl_beta = update_kl_beta(self.kl_beta, last_epoch_kl, a.kl_target)
-            stats["kl_beta"] = self.kl_beta
-        stats.update(self.network.policy_stats())
-        return stats
-
-    def _check_finite(self, stats: dict[str, float]) -> None:
+    def check_finite(self, stats: dict[str, float]) -> None:
+        """Raise :class:`TrainingDiverged` when an update's loss terms or this member's
+        parameters are not finite (naming the update, the quantity and the intact checkpoint)."""
         for key in ("loss", "policy_loss", "value_loss", "entropy", "grad_norm"):
             if not math.isfinite(stats.get(key, 0.0)):
                 raise TrainingDiverged(
                     f"update {self.iteration} (global_step {self.global_step}): train/{key} is "
                     f"{stats[key]}; stopping. The last good checkpoint in {self.ckpt_dir} is intact."
                 )
+        if torch.isfinite(self.optimizer.flat).all():
+            return
         for name, param in self.network.named_parameters():
             if not torch.isfinite(param).all():
                 raise TrainingDiverged(
@@ -299,7 +282,8 @@ class Trainer:
         self.sinks.log(metrics, self.global_step)
         return metrics
 
-    def _recent_return(self) -> str:
+    def recent_return(self) -> str:
+        """The mean of the last 20 training returns, for the progress bar ("-" before any)."""
         return f"{np.mean(self.recent_returns):.1f}" if self.recent_returns else "-"
 
     # ------------------------------------------------------------------ callbacks
@@ -348,7 +332,8 @@ class Trainer:
         The env's whole state and the collector's position only where the family allows exact
         state (classic control); other families restart their episodes on resume."""
         parts: dict[str, Any] = {"model": self.network, "optimizer": self.optimizer,
-                                 "normalization": self.normalization, "rng": GlobalRNG(), "sinks": self.sinks}
+                                 "normalization": self.normalization, "rng": GlobalRNG(),
+                                 "minibatch_rng": GeneratorState(self.generator), "sinks": self.sinks}
         if self.exact_env_state:
             parts.update(collector=self.collector, env_state=EnvStateSnapshot(self.envs))
         return parts
@@ -383,6 +368,8 @@ class Trainer:
             parts.pop("collector", None)
             parts.pop("env_state", None)
         load_components(parts, state)
+        if state.get("minibatch_rng") is None:  # older checkpoints: the order came from torch's global generator
+            self.generator.set_state(state["rng"]["torch"])
         self.global_step, self.iteration = int(state["global_step"]), int(state["iteration"])
         self.kl_beta = float(state["kl_beta"])
         self.best_eval_return = float(state["best_eval_return"])
@@ -392,17 +379,3 @@ class Trainer:
         best = self.ckpt_dir / "best.pt"
         if best.is_file():  # a crash after best.pt was written must not let a worse model replace it
             self.best_eval_return = max(self.best_eval_return, float(load_checkpoint(best)["best_eval_return"]))
-
-    # ------------------------------------------------------------------ signals
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self._stop_signal is not None:  # second signal: stop now
-            raise KeyboardInterrupt
-        self._stop_signal = signum
-
-    def _interrupt(self) -> None:
-        path = self.save(f"update_{self.iteration:06d}.pt")
-        name = signal.Signals(self._stop_signal).name
-        raise TrainingInterrupted(
-            f"{name} received at update {self.iteration} (global_step {self.global_step}); "
-            f"checkpoint saved to {path}. Resume with: python train.py resume={self.run_dir}"
-        )

@@ -1,0 +1,157 @@
+"""The population trainer: member k of a population computes what its solo run computes; per-member
+hyperparameters, early stop and divergence; the stacked forward equals the module's."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import ppo_lab.training.population as population_mod
+from conftest import compose_cfg
+from test_details import Recorder
+from ppo_lab.config import to_typed
+from ppo_lab.envs import make_vec_env
+from ppo_lab.io.sinks import Sinks
+from ppo_lab.policies import build_network
+from ppo_lab.policies.stacked import StackedActorCritic, stack_refusal
+from ppo_lab.training.population import Population
+from ppo_lab.training.runtime import seed_everything
+from ppo_lab.training.trainer import Trainer, TrainingDiverged
+
+#: CartPole, 4 envs x 32 steps, 4 minibatches (uneven valid counts between members: padding), 3 epochs.
+SMALL = ["agent.num_envs=4", "agent.num_steps=32", "agent.num_minibatches=4", "agent.update_epochs=3",
+         "total_timesteps=256", "checkpoint_interval=1000", "eval_episodes=1"]
+
+
+def member(overrides, tmp_path, name):
+    """A trainer built as ``prepare_run`` builds one: seeded, then env and network."""
+    cfg = to_typed(compose_cfg(["logger=none", "progress=false"] + SMALL + overrides))
+    seed_everything(cfg.seed, 1, False)
+    envs = make_vec_env(cfg.env, cfg.agent.num_envs, cfg.agent.gamma)
+    network = build_network(cfg, envs, torch.device("cpu"))
+    recorder = Recorder()
+    trainer = Trainer(cfg, envs, network, Sinks({"recorder": recorder}), tmp_path / name, torch.device("cpu"),
+                      run_config={})
+    return trainer, recorder
+
+
+def first_update(trainers):
+    """One round (rollout + GAE per member, then the population's update); the members' stats."""
+    population = Population(trainers)
+    rollouts = {i: t.collect() for i, t in enumerate(trainers)}
+    return population.update(rollouts)
+
+
+def flat_params(trainer):
+    return torch.cat([p.detach().reshape(-1) for p in trainer.network.parameters()]).clone()
+
+
+CONFIGS = [
+    ["seed=1"],
+    ["seed=2", "agent.clip_coef=0.1", "agent.learning_rate=0.001"],
+    ["seed=3", "agent.ent_coef=0.05", "agent.vf_coef=1.0", "agent.max_grad_norm=0.1"],
+]
+
+
+@pytest.mark.parametrize("extra", [[], ["env=pendulum"], ["network=mlp_shared"]], ids=["cartpole", "pendulum", "shared"])
+def test_member_k_equals_its_solo_run_over_the_first_update(tmp_path, extra):
+    solo = []
+    for k, overrides in enumerate(CONFIGS):
+        trainer, _ = member(extra + overrides, tmp_path, f"solo{k}")
+        stats = first_update([trainer])[0]
+        solo.append((flat_params(trainer), stats, trainer.optimizer.step_count, trainer.generator.get_state()))
+        trainer.envs.close()
+    trainers = [member(extra + o, tmp_path, f"pop{k}")[0] for k, o in enumerate(CONFIGS)]
+    before = [flat_params(t) for t in trainers]
+    stats = first_update(trainers)
+    valid = [int(t.collector.buffer.valid.sum()) for t in trainers]
+    for k, trainer in enumerate(trainers):
+        params, solo_stats, steps, generator = solo[k]
+        assert not torch.equal(before[k], params)  # the update moved the parameters
+        torch.testing.assert_close(flat_params(trainer), params, rtol=1e-4, atol=1e-5)
+        for key in ("policy_loss", "value_loss", "entropy", "approx_kl", "clipfrac", "grad_norm"):
+            assert stats[k][key] == pytest.approx(solo_stats[key], rel=1e-3, abs=1e-5), key
+        assert trainer.optimizer.step_count == steps == 12
+        assert torch.equal(trainer.generator.get_state(), generator)  # drew the solo run's permutations
+        trainer.envs.close()
+    if extra == []:
+        assert len(set(valid)) > 1  # the members' minibatches differed in length: padding was exercised
+
+
+def test_stacked_forward_equals_each_members_own_forward(tmp_path):
+    trainers = [member([f"seed={s}", "env=pendulum"], tmp_path, f"m{s}")[0] for s in (1, 2)]
+    population = Population(trainers)
+    obs = torch.randn(2, 5, 3)
+    actions = torch.randn(2, 5, 1)
+    logp, ent, value = population.stacked.evaluate_actions(obs, actions)
+    for k, trainer in enumerate(trainers):
+        ref = trainer.network.evaluate_actions(obs[k], actions[k])
+        for got, want in zip((logp[k], ent[k], value[k]), ref):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+        trainer.envs.close()
+
+
+def test_networks_the_population_cannot_stack_are_named(tmp_path):
+    lstm, _ = member(["network=lstm"], tmp_path, "lstm")
+    assert "recurrent" in stack_refusal(lstm.network)
+    with pytest.raises(ValueError, match="recurrent"):
+        StackedActorCritic([lstm.network, lstm.network], torch.zeros(2, 1), torch.zeros(2, 1))
+    other, _ = member(["network=lstm", "seed=2"], tmp_path, "lstm2")
+    with pytest.raises(ValueError, match="cannot train as one population: recurrent"):
+        Population([lstm, other])
+    lstm.envs.close()
+    other.envs.close()
+
+
+def test_target_kl_stops_each_member_on_its_own(tmp_path):
+    # Member 0 has a target no update can stay under; member 1 none: it runs every epoch.
+    trainers = [member(["seed=1", "agent.target_kl=1e-9"], tmp_path, "a")[0],
+                member(["seed=2"], tmp_path, "b")[0]]
+    stats = first_update(trainers)
+    assert stats[0]["epochs"] == 1 and stats[1]["epochs"] == 3
+    assert trainers[0].optimizer.step_count == 4 and trainers[1].optimizer.step_count == 12
+    # The stopped member is exactly where its solo run stops.
+    solo, _ = member(["seed=1", "agent.target_kl=1e-9"], tmp_path, "solo")
+    first_update([solo])
+    torch.testing.assert_close(flat_params(trainers[0]), flat_params(solo), rtol=1e-4, atol=1e-5)
+    for t in trainers + [solo]:
+        t.envs.close()
+
+
+def test_a_diverged_member_fails_alone_and_the_others_finish(tmp_path, monkeypatch):
+    real = population_mod.ppo_losses
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] > 12:  # from the second update on, member 1's value loss is NaN
+            out["value_loss"] = out["value_loss"] * torch.tensor([1.0, float("nan"), 1.0])
+        return out
+
+    monkeypatch.setattr(population_mod, "ppo_losses", poisoned)
+    trainers = [member([f"seed={s}"], tmp_path, f"m{s}")[0] for s in (1, 2, 3)]
+    outcomes = Population(trainers).fit()
+    assert isinstance(outcomes[1], TrainingDiverged) and "train/loss is nan" in str(outcomes[1])
+    assert "update 2" in str(outcomes[1])
+    for k in (0, 2):
+        assert isinstance(outcomes[k], dict) and math.isfinite(outcomes[k]["eval/episodic_return"])
+        assert trainers[k].iteration == 2 and torch.isfinite(flat_params(trainers[k])).all()
+        assert (tmp_path / f"m{k + 1}" / "checkpoints" / "final.pt").is_file()
+    assert not (tmp_path / "m2" / "checkpoints" / "final.pt").exists()
+    for t in trainers:
+        t.envs.close()
+
+
+def test_per_member_learning_rates_step_each_row_by_its_own_rate(tmp_path):
+    # Same seed and rollout; Adam's step is about lr per parameter: 1e-7 vs 1e-2.
+    trainers = [member(["seed=1", "agent.learning_rate=1e-7", "agent.anneal_lr=false"], tmp_path, "small")[0],
+                member(["seed=1", "agent.learning_rate=0.01", "agent.anneal_lr=false"], tmp_path, "large")[0]]
+    before = [flat_params(t) for t in trainers]
+    first_update(trainers)
+    moved = [float((flat_params(t) - b).abs().max()) for t, b in zip(trainers, before)]
+    assert 0 < moved[0] < 4e-6 and moved[1] > 1e-3  # Adam moves a parameter at most ~3.2 lr per early step
+    for t in trainers:
+        t.envs.close()
