@@ -465,6 +465,60 @@ def recurrent_pairing(steps: int, seed: int, workdir: Path, with_sb3: bool) -> d
             "ratio_process_sps": ratio("process_sps"), "ratio_loop_sps": ratio("loop_sps")}
 
 
+#: Population sweeps: the issue's two cases (8 seeds each) and the launchers compared on them.
+POPULATION_CASES = {
+    "cartpole_cleanrl_100k": ["experiment=cartpole_cleanrl", "total_timesteps=100000"],
+    "halfcheetah_50k": ["env=halfcheetah", "total_timesteps=50000"],
+}
+POPULATION_TARGETS = {"cartpole_cleanrl_100k": {"basic": 3.0, "joblib": 1.5}, "halfcheetah_50k": {"joblib": 1.5}}
+POPULATION_LAUNCHERS = {
+    "basic": [],
+    "joblib_n_jobs_2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
+    "population": ["hydra/launcher=population"],
+    "population_n_jobs_2": ["hydra/launcher=population", "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=4"],
+}
+
+
+def population_sweeps(cases: list[str], seeds: int, workdir: Path, repeats: int = 1) -> dict[str, Any]:
+    """The same sweep of ``seeds`` seeds (``python train.py -m <case> seed=1,...,N``, the default
+    W&B-offline logger) under each launcher of :data:`POPULATION_LAUNCHERS`, side by side
+    (launchers alternate within a round).
+
+    Returns:
+        ``{case: {"launchers": {name: {"sweep_wall_s" (median), "walls", "eval_returns" (per
+        seed, last round)}}, "speedup_vs_basic", "speedup_vs_joblib"}}``: sweep wall clock
+        (process start to exit) and its ratios against each population launcher.
+    """
+    out: dict[str, Any] = {}
+    seed_list = ",".join(str(s) for s in range(1, seeds + 1))
+    for case in cases:
+        rows: dict[str, dict[str, Any]] = {name: {"walls": []} for name in POPULATION_LAUNCHERS}
+        for rnd in range(repeats):
+            for name, launcher in POPULATION_LAUNCHERS.items():
+                sweep_dir = Path(tempfile.mkdtemp(prefix=f"sweep_{case}_{name}_", dir=workdir))
+                res = run_child([str(ROOT / "train.py"), "-m", *POPULATION_CASES[case], f"seed={seed_list}",
+                                 "progress=false", "torch_threads=1", f"hydra.sweep.dir={sweep_dir}", *launcher],
+                                sweep_dir.parent / f"{sweep_dir.name}.log")
+                row = rows[name]
+                jobs = sorted((d for d in sweep_dir.iterdir() if d.name.isdigit()), key=lambda d: int(d.name))
+                returns = [json.loads((d / "summary.json").read_text())["eval/episodic_return"]
+                           for d in jobs if (d / "summary.json").is_file()]
+                if res["returncode"] != 0 or len(returns) != seeds:
+                    row["error"] = _tail(sweep_dir.parent / f"{sweep_dir.name}.log")
+                row["walls"].append(res["process_wall_s"])
+                row["eval_returns"] = returns
+                print(f"  {case} round {rnd + 1} {name}: sweep wall {res['process_wall_s']:.1f} s, "
+                      f"eval {', '.join(f'{r:.0f}' for r in returns)}", flush=True)
+        for row in rows.values():
+            row["sweep_wall_s"] = statistics.median(row["walls"])
+        base, joblib = rows["basic"]["sweep_wall_s"], rows["joblib_n_jobs_2"]["sweep_wall_s"]
+        out[case] = {"command": ["python train.py -m", *POPULATION_CASES[case], f"seed={seed_list}"],
+                     "launchers": rows,
+                     "speedup_vs_basic": {n: base / rows[n]["sweep_wall_s"] for n in rows if n.startswith("population")},
+                     "speedup_vs_joblib": {n: joblib / rows[n]["sweep_wall_s"] for n in rows if n.startswith("population")}}
+    return out
+
+
 def sb3_version() -> Optional[str]:
     """Installed Stable-Baselines3 version, or None, without importing it (fast).
 
@@ -732,6 +786,15 @@ def print_tables(report: dict[str, Any]) -> None:
         print(f"\nratio ppo_lab/RecurrentPPO: process SPS {_fmt(rec.get('ratio_process_sps'), '.1f')}x, "
               f"loop SPS (ppo_lab time/wall_s vs learn()) {_fmt(rec.get('ratio_loop_sps'), '.1f')}x")
 
+    for case, res in (report.get("population") or {}).items():
+        print(f"\n## Population sweep: {' '.join(res['command'])} (sweep wall clock)\n")
+        print("| launcher | sweep wall s | speed-up vs basic | speed-up vs joblib n_jobs=2 | eval returns |\n"
+              "|---|---:|---:|---:|---|")
+        for name, row in res["launchers"].items():
+            print(f"| {name} | {row['sweep_wall_s']:.1f} | {_fmt(res['speedup_vs_basic'].get(name), '.2f')} "
+                  f"| {_fmt(res['speedup_vs_joblib'].get(name), '.2f')} "
+                  f"| {', '.join(f'{r:.0f}' for r in row.get('eval_returns', []))}{' (error)' if 'error' in row else ''} |")
+
     print("\n## Targets (CPU)" + (" -- quick budgets: startup dominates, not a measurement"
                                    if report.get("quick") else "") + "\n")
     for t in report["targets"]:
@@ -760,6 +823,14 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         rows.append({"target": f"ppo_lab LSTM >= {RECURRENT_TARGET:.0f}x RecurrentPPO process SPS and >= its eval return",
                      "measured": "n/a" if r is None else f"{r:.1f}x, eval {ours.get('eval_return', float('nan')):.3f} "
                                                          f"vs {theirs.get('eval_return', float('nan')):.3f}", "met": met})
+    for case, res in (report.get("population") or {}).items():
+        best = max(res["speedup_vs_basic"], key=res["speedup_vs_basic"].get)
+        vs_basic, vs_joblib = res["speedup_vs_basic"][best], res["speedup_vs_joblib"][best]
+        want = POPULATION_TARGETS.get(case, {})
+        met = all(v >= want[k] for k, v in (("basic", vs_basic), ("joblib", vs_joblib)) if k in want)
+        rows.append({"target": f"{case}: population launcher >= {want.get('basic', '-')}x basic and >= "
+                               f"{want.get('joblib', '-')}x joblib n_jobs=2 (sweep wall clock)",
+                     "measured": f"{best}: {vs_basic:.2f}x basic, {vs_joblib:.2f}x joblib", "met": met})
     if report.get("default_runs"):
         runs = report["default_runs"]
         measured = ", ".join(f"seed {r['seed']}: {_fmt(r.get('eval_return'), '.1f')} in "
@@ -835,6 +906,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="also pair ppo_lab's LSTM with sb3-contrib RecurrentPPO on POPGym position-only CartPole")
     p.add_argument("--recurrent-only", action="store_true", help="run the recurrent pairing alone")
     p.add_argument("--recurrent-steps", type=int, default=100_000, help="the recurrent pairing's budget, env steps")
+    p.add_argument("--population", action="store_true",
+                   help="also compare sweep launchers (basic, joblib, population) on 8-seed sweeps")
+    p.add_argument("--population-only", action="store_true", help="run the population sweep comparison alone")
+    p.add_argument("--population-seeds", type=int, default=8, help="seeds per population sweep")
+    p.add_argument("--population-cases", default=",".join(POPULATION_CASES),
+                   help=f"comma-separated cases of {', '.join(POPULATION_CASES)}")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--recurrent-sb3-child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--sb3-child", metavar="ENV_ID", help=argparse.SUPPRESS)
@@ -876,11 +953,13 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
 
     report["ceilings"] = []
     budgets: dict[str, int] = {}
-    if not args.recurrent_only:
+    # One comparison alone: skip the SB3 pairings, ceilings and memory runs.
+    alone = args.recurrent_only or args.population_only
+    if not alone:
         print("env-only ceilings ...", flush=True)
         report["ceilings"] = env_ceilings(20_000 if args.quick else 200_000, 2_000 if args.quick else 20_000)
         budgets = {"CartPole-v1": args.cartpole_steps, "HalfCheetah-v5": args.cheetah_steps}
-    if args.recurrent_only:
+    if alone:
         pass
     elif torch.cuda.is_available() or args.force_breakout:
         budgets["ALE/Breakout-v5"] = args.breakout_steps
@@ -911,15 +990,20 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
             raw[env_id] = [r for rows in per_prog.values() for r in rows]
         report["runs"] = raw
 
-        if args.recurrent or args.recurrent_only:
+        if (args.recurrent or args.recurrent_only) and not args.population_only:
             print("recurrent pairing ...", flush=True)
             with_contrib = with_sb3 and importlib.util.find_spec("sb3_contrib") is not None
             if with_sb3 and not with_contrib:
                 print("note: sb3-contrib is not installed (pip install -e \".[bench]\"); ppo_lab's LSTM runs alone")
             report["recurrent"] = recurrent_pairing(args.recurrent_steps, args.seed, workdir, with_contrib)
 
+        if args.population or args.population_only:
+            print("population sweeps ...", flush=True)
+            report["population"] = population_sweeps(args.population_cases.split(","), args.population_seeds,
+                                                     workdir, args.repeats)
+
         report["memory"] = {}
-        if not args.skip_atari_memory and not args.recurrent_only:
+        if not args.skip_atari_memory and not alone:
             print("Breakout peak-RSS run ...", flush=True)
             report["memory"]["atari"] = atari_memory(workdir)
         if args.default_runs:

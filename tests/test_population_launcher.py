@@ -82,6 +82,13 @@ def test_max_members_chunks_a_population_in_job_order():
         population_groups(configs, max_members=0)
 
 
+def test_n_jobs_halves_the_largest_population_until_every_worker_has_one():
+    configs = [{**base(), "seed": s} for s in range(1, 9)] + [{**base(num_envs=8), "seed": 1}]
+    assert population_groups(configs[:8], max_members=16, n_jobs=2) == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert population_groups(configs, max_members=16, n_jobs=3) == [[0, 1, 2, 3], [4, 5, 6, 7], [8]]
+    assert population_groups(configs[:2], max_members=16, n_jobs=4) == [[0], [1]]
+
+
 def test_a_job_that_batches_with_none_is_a_single_member_population():
     configs = [base(), base(num_envs=2), None, base()]
     assert population_groups(configs, max_members=16) == [[0, 3], [1], [2]]

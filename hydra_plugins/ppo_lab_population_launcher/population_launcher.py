@@ -105,7 +105,7 @@ class PopulationLauncher(Launcher):
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
         # 2. Populations.
-        groups = population_groups([r.config for r in records], self.max_members)
+        groups = population_groups([r.config for r in records], self.max_members, self.n_jobs)
         for number, group in enumerate(groups):
             log.info(f"Population {number}: jobs {', '.join(f'#{records[i].job_num}' for i in group)}")
         members = [[records[i].member for i in group] for group in groups]

@@ -65,7 +65,8 @@ def batch_signature(config: Mapping[str, Any]) -> str:
     return json.dumps(shared, sort_keys=True, default=str)
 
 
-def population_groups(configs: Sequence[Optional[Mapping[str, Any]]], max_members: int) -> list[list[int]]:
+def population_groups(configs: Sequence[Optional[Mapping[str, Any]]], max_members: int,
+                      n_jobs: int = 1) -> list[list[int]]:
     """Split a sweep's jobs into populations.
 
     Args:
@@ -73,6 +74,8 @@ def population_groups(configs: Sequence[Optional[Mapping[str, Any]]], max_member
             applied), in job order; ``None`` for a job that cannot be batched (its config did
             not resolve), which becomes a population of its own.
         max_members: the most jobs in one population; a larger group is split into chunks.
+        n_jobs: populations trained at once (one process each, one core each); while there are
+            fewer populations than that, the largest is halved, so every worker has one.
 
     Returns:
         Job indices (into ``configs``) per population: jobs whose configs differ only in
@@ -93,6 +96,11 @@ def population_groups(configs: Sequence[Optional[Mapping[str, Any]]], max_member
         by_signature.setdefault(batch_signature(config), []).append(index)
     for members in by_signature.values():
         groups.extend(members[i:i + max_members] for i in range(0, len(members), max_members))
+    while len(groups) < n_jobs and any(len(g) > 1 for g in groups):
+        largest = max(groups, key=len)
+        groups.remove(largest)
+        half = (len(largest) + 1) // 2
+        groups += [largest[:half], largest[half:]]
     return sorted(groups, key=lambda group: group[0])
 
 

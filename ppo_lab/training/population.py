@@ -33,7 +33,7 @@ import logging
 import signal
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -45,10 +45,13 @@ from ppo_lab.config import LossType
 from ppo_lab.policies.observations import map_obs
 from ppo_lab.policies.protocol import is_recurrent
 from ppo_lab.policies.stacked import StackedActorCritic, stack_refusal
+from ppo_lab.training.errors import TrainingInterrupted
 from ppo_lab.training.rollout import Minibatch, TrainingBatch
 
-if TYPE_CHECKING:
-    from ppo_lab.training.trainer import Rollout, Trainer
+#: A member: a ``ppo_lab.training.trainer.Trainer`` (not imported: the trainer imports this module).
+Trainer = Any
+#: A member's phases 1-3 (``ppo_lab.training.trainer.Rollout``).
+Rollout = Any
 
 LOG = logging.getLogger("ppo_lab")
 
@@ -63,7 +66,7 @@ SHARED_KEYS = ("num_envs", "num_steps", "num_minibatches", "update_epochs", "los
 Outcome = Union[dict[str, float], BaseException]
 
 
-def population_refusal(members: Sequence["Trainer"]) -> Optional[str]:
+def population_refusal(members: Sequence[Trainer]) -> Optional[str]:
     """Why these members cannot train as one population (None when they can): the keys of
     :data:`SHARED_KEYS` differ, or there are several and a network cannot be stacked."""
     for key in SHARED_KEYS:
@@ -107,7 +110,7 @@ class Population:
         ValueError: the members cannot train together (the message says why).
     """
 
-    def __init__(self, members: Sequence["Trainer"]) -> None:
+    def __init__(self, members: Sequence[Trainer]) -> None:
         self.members = list(members)
         if not self.members:
             raise ValueError("a population needs at least one member")
@@ -123,7 +126,7 @@ class Population:
             member.population = self
         self._stop_signal: Optional[int] = None
         #: The member whose phase runs now (log routing: ``commands/population.member_logs``).
-        self.current: Optional["Trainer"] = None
+        self.current: Optional[Trainer] = None
         self._last: list[Optional[TrainingBatch]] = [None] * len(self.members)
 
     # ------------------------------------------------------------------ the loop
@@ -150,7 +153,7 @@ class Population:
                 if not rows:
                     break
                 # Phases 1-3 per member: schedules, rollout, advantages.
-                rollouts: dict[int, "Rollout"] = {}
+                rollouts: dict[int, Rollout] = {}
                 for i in rows:
                     rollout = self._guard(outcomes, i, members[i].collect)
                     if rollout is not None:
@@ -192,7 +195,7 @@ class Population:
             self.current = None
 
     # ------------------------------------------------------------------ the update
-    def update(self, rollouts: dict[int, "Rollout"]) -> dict[int, Union[dict[str, float], BaseException]]:
+    def update(self, rollouts: dict[int, Rollout]) -> dict[int, Union[dict[str, float], BaseException]]:
         """Phase 4 for the members in ``rollouts`` (member index -> its rollout): ``update_epochs``
         passes of ``num_minibatches`` shuffled minibatches over each member's valid steps, all
         members side by side. Early stop per member: after an epoch whose mean approx_kl exceeds
@@ -375,8 +378,6 @@ class Population:
 
     def _interrupt(self, outcomes: list[Optional[Outcome]]) -> None:
         """Checkpoint every running member, then raise ``TrainingInterrupted``."""
-        from ppo_lab.training.trainer import TrainingInterrupted
-
         running = [m for i, m in enumerate(self.members) if outcomes[i] is None]
         paths = [m.save(f"update_{m.iteration:06d}.pt") for m in running]
         name = signal.Signals(self._stop_signal).name

@@ -28,6 +28,7 @@ from ppo_lab.envs import EnvStateSnapshot, NormalizationStats
 from ppo_lab.io.checkpoint import load_checkpoint, load_components, save_checkpoint, state_of
 from ppo_lab.training.callbacks import Callback, RunView
 from ppo_lab.training.diagnostics import Diagnostics
+from ppo_lab.training.errors import TrainingDiverged, TrainingInterrupted
 from ppo_lab.training.evaluation import evaluate_policy
 from ppo_lab.training.population import Population
 from ppo_lab.training.rollout import RolloutBuffer, RolloutCollector
@@ -60,14 +61,6 @@ def max_entropy(action_space: gym.Space) -> Optional[float]:
     if isinstance(action_space, gym.spaces.MultiBinary):
         return float(action_space.n * math.log(2.0))
     return None
-
-
-class TrainingDiverged(RuntimeError):
-    """A loss or parameter became NaN/inf. The message names the update and the quantity."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """SIGTERM/SIGINT arrived; a checkpoint was saved. The message says how to resume."""
 
 
 class Trainer:
