@@ -475,7 +475,7 @@ POPULATION_LAUNCHERS = {
     "basic": [],
     "joblib_n_jobs_2": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
     "population": ["hydra/launcher=population"],
-    "population_n_jobs_2": ["hydra/launcher=population", "hydra.launcher.n_jobs=2", "hydra.launcher.max_members=4"],
+    "population_n_jobs_2": ["hydra/launcher=population", "hydra.launcher.n_jobs=2"],
 }
 
 

@@ -224,7 +224,8 @@ def test_gamma_reaches_reward_normalization_through_the_training_wiring(tmp_path
         return envs
 
     class FakeTrainer:
-        def __init__(self, cfg, envs, *args, **kwargs):
+        def __init__(self, cfg, envs, network, sinks, *args, **kwargs):
+            self.envs, self.sinks = envs, sinks
             seen.append(envs)
 
         def fit(self):
