@@ -178,7 +178,7 @@ def test_optuna_trains_each_batch_of_trials_as_a_population(tmp_path):
     assert result["best_value"] == pytest.approx(max(returns))
 
 
-def test_sigterm_stops_the_population_sweep_and_the_job_dir_resumes(tmp_path):
+def test_sigterm_stops_the_population_sweep_and_the_sweep_resumes_as_a_population(tmp_path):
     sweep_dir = tmp_path / "sweep"
     returncode, err = sigterm_once_training(
         ["-m", "seed=1,2", "logger=none", "progress=false", "total_timesteps=2000000", "agent.num_envs=2",
@@ -191,9 +191,20 @@ def test_sigterm_stops_the_population_sweep_and_the_job_dir_resumes(tmp_path):
     (other,) = (sweep_dir / "1" / "checkpoints").glob("update_*.pt")  # both members train together
     step = torch.load(ckpt, weights_only=False)["global_step"]
     assert torch.load(other, weights_only=False)["global_step"] == step
-    done = run_script("train.py", [f"resume={sweep_dir / '0'}", f"total_timesteps={step + 256}"], cwd=tmp_path)
+    assert f"hydra.sweep.dir={sweep_dir}" in err
+    # The same sweep again, into its dir (shortened to 2 more rollouts): both jobs resume, as one population.
+    again = sweep(sweep_dir, "seed=1,2", "hydra/launcher=population", f"total_timesteps={step + 256}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Population 0: jobs #0, #1" in again.stdout + again.stderr
+    for job in job_dirs(sweep_dir):
+        assert torch.load(job / "checkpoints" / "final.pt", weights_only=False)["global_step"] == step + 256
+        assert json.loads((job / "summary.json").read_text())["global_step"] == step + 256
+    # Once more: both are finished, nothing trains, the objectives are returned.
+    third = sweep(sweep_dir, "seed=1,2", "hydra/launcher=population", f"total_timesteps={step + 256}")
+    assert third.returncode == 0 and (third.stdout + third.stderr).count("finished before") == 2, third.stderr[-3000:]
+    done = run_script("train.py", [f"resume={sweep_dir / '0'}", f"total_timesteps={step + 512}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert torch.load(sweep_dir / "0" / "checkpoints" / "final.pt", weights_only=False)["global_step"] == step + 256
+    assert torch.load(sweep_dir / "0" / "checkpoints" / "final.pt", weights_only=False)["global_step"] == step + 512
 
 
 def test_sigterm_reaches_the_worker_processes_of_n_jobs_2(tmp_path):

@@ -15,7 +15,9 @@ job dirs, W&B runs and report of a normal sweep:
    FAILED with the job's error; a failed member fails only its job.
 
 SIGTERM (or Ctrl-C) stops the sweep as it does train.py's: the training members checkpoint, and
-the launcher raises KeyboardInterrupt. ``python train.py resume=<job dir>`` resumes a job.
+the launcher raises KeyboardInterrupt. Re-running the same sweep with ``hydra.sweep.dir=<its dir>``
+resumes it (jobs with checkpoints continue from their latest, as populations again; finished jobs
+are not trained again); ``python train.py resume=<job dir>`` resumes one job.
 The train.py task function itself is not called (its wiring is repeated here: result line,
 failure message, objective). Hydra callbacks see ``on_job_start``/``on_job_end`` while a job is
 set up, before it trains.
@@ -24,9 +26,11 @@ set up, before it trains.
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -46,6 +50,8 @@ class _RecordJob:
         self.job_num = job_num
         self.member: Any = None
         self.config: Optional[dict[str, Any]] = None
+        #: A finished job's ``summary.json`` (a re-run sweep does not train it again).
+        self.done: Optional[dict[str, Any]] = None
 
     def __call__(self, cfg: DictConfig) -> None:
         from ppo_lab.commands.population import Member
@@ -59,6 +65,16 @@ class _RecordJob:
             self.config = resolved_config(cfg)
         except Exception:  # noqa: BLE001 - an unresolvable config trains alone and fails there
             self.config = None
+        # A sweep re-run into its own sweep dir continues it: a job whose dir holds checkpoints
+        # resumes from its latest, a finished one (final.pt and summary.json) is not trained again.
+        run_dir = Path(self.member.run_dir)
+        if any((run_dir / "checkpoints").glob("*.pt")):
+            summary = run_dir / "summary.json"
+            if summary.is_file() and (run_dir / "checkpoints" / "final.pt").is_file():
+                self.done = json.loads(summary.read_text())
+            else:
+                with open_dict(cfg):
+                    cfg.resume = str(run_dir)
 
 
 class PopulationLauncher(Launcher):
@@ -104,14 +120,25 @@ class PopulationLauncher(Launcher):
             records.append(record)
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
 
-        # 2. Populations.
-        groups = population_groups([r.config for r in records], self.max_members, self.n_jobs)
+        # 2. Populations (of the jobs still to train).
+        for record, ret in zip(records, returns):
+            if record.done is not None:
+                log.info(f"\t#{record.job_num} finished before: {record.member.run_dir}")
+                self._finish(ret, record.member, record.done)
+        todo = [i for i, r in enumerate(records) if r.done is None]
+        groups = [[todo[i] for i in group]
+                  for group in population_groups([records[i].config for i in todo], self.max_members, self.n_jobs)]
         for number, group in enumerate(groups):
             log.info(f"Population {number}: jobs {', '.join(f'#{records[i].job_num}' for i in group)}")
         members = [[records[i].member for i in group] for group in groups]
 
         # 3. Train them; 4. one JobReturn per job.
-        outcomes = self._train(members)
+        try:
+            outcomes = self._train(members)
+        except KeyboardInterrupt:
+            print(f"stopped: to resume the whole sweep, run the same command again with "
+                  f"hydra.sweep.dir={self.config.hydra.sweep.dir}", file=sys.stderr, flush=True)
+            raise
         for group, outcome in zip(groups, outcomes):
             for index, result in zip(group, outcome):
                 self._finish(returns[index], records[index].member, result)
