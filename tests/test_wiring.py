@@ -177,7 +177,7 @@ def controlled_kl(monkeypatch, values):
 
     def fake(*args, **kwargs):
         out = real(*args, **kwargs)
-        out["approx_kl"] = torch.tensor(values[count[0]], dtype=out["approx_kl"].dtype)
+        out["approx_kl"] = torch.full_like(out["approx_kl"], values[count[0]])
         count[0] += 1
         return out
 

@@ -248,7 +248,7 @@ class Population:
                     if steps[i]:
                         member.network.after_optimizer_step()
                 terms["loss"], terms["grad_norm"] = loss, grad_norm
-                stat_rows.append(torch.stack([terms[k].reshape(-1) for k in STAT_KEYS]).detach())
+                stat_rows.append(torch.stack([terms[k] for k in STAT_KEYS]).detach())  # (keys, M)
                 stepped.append(steps)
             if len(stat_rows) == epoch_start:
                 break
@@ -341,7 +341,10 @@ class Population:
         row = torch.arange(len(parts), device=device).unsqueeze(1)
 
         def take(t: Tensor) -> list[Tensor]:
-            return list(t[row, index].split(sizes, dim=1))
+            # One gather per tensor per epoch; the minibatches are then views. (One member: a
+            # 1-D index, cheaper than the 2-D one.)
+            rows = t[0][index[0]].unsqueeze(0) if len(parts) == 1 else t[row, index]
+            return list(rows.split(sizes, dim=1))
 
         fields = {k: take(stacked[k]) for k in ("actions", "logprobs", "advantages", "values", "returns")}
         obs = stacked["obs"]
