@@ -153,6 +153,22 @@ def test_n_jobs_2_trains_populations_in_workers_with_the_same_numbers(population
     assert_same_weights(two, population_sweep / "0")  # seed=1 clip 0.1 num_envs=2, in a population of 4 there
 
 
+def test_each_member_has_its_own_wandb_run_in_the_sweeps_group(tmp_path):
+    from wandb_offline import offline_run
+
+    sweep_dir = tmp_path / "sweep"
+    args = [a for a in TINY if not a.startswith("logger=")]
+    proc = run_script("train.py", ["-m", *args, "logger=wandb", "seed=1,2,3", "hydra/launcher=population",
+                                   f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = [offline_run(job) for job in job_dirs(sweep_dir)]
+    assert [r["config"]["seed"] for r in runs] == [1, 2, 3]
+    assert len({r["id"] for r in runs}) == 3 and len({r["group"] for r in runs}) == 1
+    for run in runs:
+        assert run["exit_code"] == 0 and run["summary"]["global_step"] == 512
+        assert "train/approx_kl" in run["history_keys"]
+
+
 def test_a_failing_member_fails_only_its_job(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = sweep(sweep_dir, "agent.clip_coef=-1,0.2", "hydra/launcher=population")

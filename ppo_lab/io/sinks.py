@@ -189,6 +189,8 @@ class WandbSink:
             id=run_id,
             resume="allow" if run_id else None,
             settings=wandb.Settings(console="off", x_disable_stats=True),
+            # A population trains many runs in one process, each with its own live W&B run.
+            reinit="create_new",
         )
         self.run.define_metric("global_step")
         self.run.define_metric("*", step_metric="global_step")
