@@ -155,3 +155,17 @@ def test_per_member_learning_rates_step_each_row_by_its_own_rate(tmp_path):
     assert 0 < moved[0] < 4e-6 and moved[1] > 1e-3  # Adam moves a parameter at most ~3.2 lr per early step
     for t in trainers:
         t.envs.close()
+
+
+def test_a_member_whose_final_phase_fails_keeps_its_own_error(tmp_path):
+    trainers = [member([f"seed={s}", "total_timesteps=128"], tmp_path, f"f{s}")[0] for s in (1, 2)]
+
+    def broken():
+        raise OSError("disk full while writing final.pt")
+
+    trainers[0].finish = broken
+    outcomes = Population(trainers).fit()
+    assert isinstance(outcomes[0], OSError) and "disk full" in str(outcomes[0])
+    assert isinstance(outcomes[1], dict) and outcomes[1]["global_step"] == 128
+    for t in trainers:
+        t.envs.close()

@@ -176,7 +176,9 @@ class Population:
                     self._interrupt(outcomes)
             for i, member in enumerate(members):
                 if outcomes[i] is None:
-                    outcomes[i] = self._guard(outcomes, i, member.finish)
+                    final = self._guard(outcomes, i, member.finish)
+                    if outcomes[i] is None:  # finish raised: _guard kept its exception
+                        outcomes[i] = final
             return [o if o is not None else RuntimeError("member ended without an outcome") for o in outcomes]
         finally:
             bar.close()
