@@ -169,6 +169,17 @@ def test_each_member_has_its_own_wandb_run_in_the_sweeps_group(tmp_path):
         assert "train/approx_kl" in run["history_keys"]
 
 
+def test_a_recurrent_population_says_it_cannot_batch_and_trains_each_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(sweep_dir, "network=lstm", "seed=1,2", "hydra/launcher=population")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert "Population 0: jobs #0, #1" in out
+    assert "cannot be batched (recurrent cores (network.core) are not stacked)" in out
+    for job in job_dirs(sweep_dir):
+        assert json.loads((job / "summary.json").read_text())["global_step"] == 512
+
+
 def test_a_failing_member_fails_only_its_job(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = sweep(sweep_dir, "agent.clip_coef=-1,0.2", "hydra/launcher=population")

@@ -148,7 +148,8 @@ def train_population(members: Sequence[Member]) -> list[Union[dict[str, float], 
         if len(prepared) > 1:
             reason = population_refusal([t for _, t in prepared])
             if reason:
-                LOG.warning("population of %d jobs trains one member per process (%s)", len(prepared), reason)
+                LOG.warning("population of %d jobs cannot be batched (%s): its members train one at a time",
+                            len(prepared), reason)
                 groups = [[entry] for entry in prepared]
         for group in groups:
             population = Population([t for _, t in group])
