@@ -138,7 +138,7 @@ class Trainer:
             TrainingDiverged: non-finite loss or parameters (the last checkpoint is left intact).
             TrainingInterrupted: SIGTERM/SIGINT; a checkpoint was written first.
         """
-        population = self.population if self.population is not None else Population([self])
+        population = self.own_population()
         if len(population.members) != 1:
             raise RuntimeError("this trainer is a member of a population: call the population's fit()")
         (outcome,) = population.fit()
@@ -147,6 +147,12 @@ class Trainer:
         return outcome
 
     # ------------------------------------------------------------------ phases (one member)
+    def own_population(self) -> Population:
+        """The population this member trains in; a solo run's own population of one, made once."""
+        if self.population is None:
+            Population([self])  # sets self.population
+        return self.population
+
     def begin(self) -> None:
         """Before the first round: start the clocks; tell the callbacks."""
         self.start_time = time.perf_counter()
@@ -227,7 +233,7 @@ class Trainer:
     ) -> dict[str, float]:
         """Phase 4 alone: this member's update on a collected rollout (its population's
         ``update``). Raises :class:`TrainingDiverged` where the population reports it."""
-        population = self.population if self.population is not None else Population([self])
+        population = self.own_population()
         row = population.members.index(self)
         lr = self.optimizer.lr
         result = population.update({row: Rollout(buf, [], advantages, returns, lr, clip_coef)})[row]
