@@ -19,27 +19,42 @@ from ppo_lab.training.rollout import TrainingBatch
 from test_details import Recorder, make_trainer
 
 
-def test_buffer_minibatches_cover_each_valid_step_once_and_skip_autoreset_steps():
+def test_minibatch_order_covers_each_valid_step_once_and_skips_autoreset_steps():
     torch.manual_seed(0)
     n = 12
     valid = torch.tensor([0, 1, 2, 4, 5, 7, 8, 9, 11])  # steps 3, 6 and 10 are autoreset steps
     ids = torch.arange(n, dtype=torch.float32)
     batch = TrainingBatch(obs=ids[:, None], actions=ids.long(), logprobs=ids, values=ids, advantages=ids,
                           returns=ids, valid=valid)
-    epochs = [batch.minibatches(4) for _ in range(2)]
-    for minibatches in epochs:
-        seen = torch.cat([mb.logprobs for mb in minibatches])
-        assert sorted(seen.long().tolist()) == valid.tolist()  # each valid step exactly once
-        assert [len(mb.returns) for mb in minibatches] == [3, 2, 2, 2]  # as even as possible
-        for mb in minibatches:  # the fields of one step travel together
-            assert torch.equal(mb.obs[:, 0], mb.advantages) and torch.equal(mb.actions.float(), mb.values)
-    orders = [torch.cat([mb.logprobs for mb in m]).tolist() for m in epochs]
+    epochs = [batch.minibatch_indices(4) for _ in range(2)]
+    for parts in epochs:
+        assert sorted(torch.cat(parts).tolist()) == valid.tolist()  # each valid step exactly once
+        assert [len(p) for p in parts] == [3, 2, 2, 2]  # as even as possible
+    orders = [torch.cat(parts).tolist() for parts in epochs]
     assert orders[0] != orders[1]  # a fresh permutation per epoch
+
+
+def test_the_updates_minibatches_keep_the_fields_of_one_step_together(tmp_path):
+    """What the update gathers (``Population._minibatches``): the rows of the drawn order, each
+    step's observation, action, log-prob, value, advantage and return together."""
+    trainer, _ = make_trainer(["total_timesteps=256"], tmp_path)
+    ids = torch.arange(12, dtype=torch.float32)
+    batch = TrainingBatch(obs=ids[:, None].expand(12, 4).contiguous(), actions=ids.long(), logprobs=ids,
+                          values=ids, advantages=ids, returns=ids, valid=torch.tensor([0, 1, 2, 4, 5, 7, 8, 9, 11]))
+    population = trainer.own_population()
+    expected = batch.minibatch_indices(4, trainer.generator.clone_state())
+    minibatches = population._minibatches([batch], population._stack([batch]), [True], 4)
+    assert [steps for _, steps in minibatches] == [[True]] * 4
+    for (mb, _), rows in zip(minibatches, expected):
+        for field in (mb.obs[0, :, 0], mb.actions[0].float(), mb.logprobs[0], mb.values[0], mb.advantages[0],
+                      mb.returns[0]):
+            assert torch.equal(field, rows.float())
+    trainer.envs.close()
 
 
 def test_empty_minibatches_are_left_out():
     batch = TrainingBatch(*(torch.zeros(4) for _ in range(6)), valid=torch.tensor([0, 2]))
-    assert [len(mb.returns) for mb in batch.minibatches(4)] == [1, 1]
+    assert [len(rows) for rows in batch.minibatch_indices(4)] == [1, 1]
 
 
 def test_checkpoint_composes_each_components_own_state(tmp_path):

@@ -341,18 +341,17 @@ def test_kl_penalty_and_clip_objectives_differ_on_the_same_batch():
 
 
 def test_smoothed_return_is_the_mean_of_the_last_20_episodes_and_elapsed_time_grows(tmp_path, monkeypatch):
-    from ppo_lab.training import rollout
+    from ppo_lab.training.trainer import Trainer
 
     seen, per_update = [], []
-    real_collect = rollout.RolloutCollector.collect
+    real_advantages = Trainer.advantages
 
-    def collect(self, network):
-        buf, episodes = real_collect(self, network)
-        seen.extend(r for r, _ in episodes)
+    def advantages(self, collected, lr, clip_coef):  # phase 3 receives each rollout's episodes
+        seen.extend(r for r, _ in collected[1])
         per_update.append(list(seen))
-        return buf, episodes
+        return real_advantages(self, collected, lr, clip_coef)
 
-    monkeypatch.setattr(rollout.RolloutCollector, "collect", collect)
+    monkeypatch.setattr(Trainer, "advantages", advantages)
     trainer, rec = make_trainer(["total_timesteps=4096"], tmp_path)  # 16 updates of 256 steps
     trainer.fit()
     rows = [r for r in rec.rows if "train/update" in r]

@@ -94,9 +94,9 @@ def test_the_buffer_stores_each_entry_with_its_own_dtype_and_minibatches_index_t
         batch = buf.training_batch(np.zeros((8, 2), np.float32), np.zeros((8, 2), np.float32), torch.device("cpu"))
         assert batch.obs["image"].dtype == torch.uint8 and batch.obs["image"].shape == (16, 7, 7, 3)
         assert batch.obs["direction"].dtype == torch.int64
-        mbs = batch.minibatches(2)
-        assert sum(len(mb.obs["direction"]) for mb in mbs) == len(batch.valid)
-        assert all(len(mb.obs["image"]) == len(mb.actions) for mb in mbs)
+        parts = [index_obs(batch.obs, rows) for rows in batch.minibatch_indices(2)]
+        assert sum(len(obs["direction"]) for obs in parts) == len(batch.valid)
+        assert all(obs["image"].shape == (len(obs["direction"]), 7, 7, 3) for obs in parts)
         state = collector.state_dict()  # the collector's checkpoint holds the Dict observation too
         collector.load_state_dict(state)
         np.testing.assert_array_equal(collector.next_obs["image"], state["next_obs"]["image"].numpy())

@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import math
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
 import ppo_lab.training.population as population_mod
 from conftest import compose_cfg
 from test_details import Recorder
-from ppo_lab.config import to_typed
+from ppo_lab.config import ActionType, to_typed
 from ppo_lab.envs import make_vec_env
 from ppo_lab.io.sinks import Sinks
 from ppo_lab.policies import build_network
+from ppo_lab.policies.actor_critic import ActorCritic
+from ppo_lab.policies.inference import StackedMLPPolicy
 from ppo_lab.policies.stacked import StackedActorCritic, stack_refusal
 from ppo_lab.training.population import Population
 from ppo_lab.training.runtime import seed_everything
@@ -40,7 +44,7 @@ def member(overrides, tmp_path, name):
 def first_update(trainers):
     """One round (rollout + GAE per member, then the population's update); the members' stats."""
     population = Population(trainers)
-    rollouts = {i: t.collect() for i, t in enumerate(trainers)}
+    rollouts = population.collect(range(len(trainers)))
     return population.update(rollouts)
 
 
@@ -167,5 +171,102 @@ def test_a_member_whose_final_phase_fails_keeps_its_own_error(tmp_path):
     outcomes = Population(trainers).fit()
     assert isinstance(outcomes[0], OSError) and "disk full" in str(outcomes[0])
     assert isinstance(outcomes[1], dict) and outcomes[1]["global_step"] == 128
+    for t in trainers:
+        t.envs.close()
+
+
+@pytest.mark.parametrize("space, action_type", [
+    (gym.spaces.Discrete(3), ActionType.discrete),
+    (gym.spaces.MultiDiscrete([3, 2]), ActionType.discrete),
+    (gym.spaces.MultiBinary(3), ActionType.discrete),
+    (gym.spaces.Box(-1.0, 1.0, (2,)), ActionType.continuous),
+], ids=["discrete", "multidiscrete", "multibinary", "box"])
+@pytest.mark.parametrize("masked", [False, True], ids=["plain", "masked"])
+def test_stacked_rollout_policy_acts_as_each_members_own(space, action_type, masked):
+    """One batched numpy forward for M members, each drawing from its own generator, gives each
+    member the actions, log-probs and values its own snapshot gives with the same generator."""
+    if masked and not isinstance(space, (gym.spaces.Discrete, gym.spaces.MultiDiscrete)):
+        pytest.skip("masks apply to Discrete and MultiDiscrete actions")
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (4,))
+    policies = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = ActorCritic(obs_space, space, action_type, hidden_sizes=(16, 8),
+                          log_std_init=-0.3 * seed)
+        policies.append(net.inference_policy())
+    stacked = StackedMLPPolicy(policies)
+    obs = np.random.default_rng(0).normal(size=(3, 5, 4))
+    width = 5 if isinstance(space, gym.spaces.MultiDiscrete) else 3
+    mask = np.random.default_rng(1).random((3, 5, width)) < 0.6 if masked else None
+    if mask is not None:
+        mask[..., 0] = True  # every component keeps a valid action
+        if width == 5:
+            mask[..., 3] = True
+    kwargs = {} if mask is None else {"mask": mask}
+    got = stacked.act(obs, [np.random.default_rng(10 + m) for m in range(3)], **kwargs)
+    for m, policy in enumerate(policies):
+        want = policy.act(obs[m], np.random.default_rng(10 + m), **({} if mask is None else {"mask": mask[m]}))
+        np.testing.assert_array_equal(got[0][m], want[0])  # the same draws, the same actions
+        np.testing.assert_allclose(got[1][m], want[1], rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(got[2][m], want[2], rtol=1e-6, atol=1e-6)
+    if mask is not None and width == 3:
+        assert all(mask[m][np.arange(5), got[0][m]].all() for m in range(3))  # only valid actions drawn
+
+
+def test_stacked_rollout_policy_refuses_what_it_does_not_know():
+    obs_space = gym.spaces.Box(-np.inf, np.inf, (4,))
+    small = ActorCritic(obs_space, gym.spaces.Discrete(2), ActionType.discrete, hidden_sizes=(8,)).inference_policy()
+    wide = ActorCritic(obs_space, gym.spaces.Discrete(2), ActionType.discrete, hidden_sizes=(16,)).inference_policy()
+    assert "differ in architecture" in StackedMLPPolicy.refusal([small, wide])
+    with pytest.raises(ValueError, match="cannot stack these policies"):
+        StackedMLPPolicy([small, wide])
+
+
+def test_lockstep_rollouts_fill_each_members_solo_buffer(tmp_path, monkeypatch):
+    """A population's rollout goes through the stacked policy, and each member's buffer is the
+    one its solo rollout fills (same actions, rewards, dones; log-probs and values to rounding)."""
+    calls = {"n": 0}
+    real = StackedMLPPolicy.__call__
+
+    def counted(self, obs):
+        calls["n"] += 1
+        return real(self, obs)
+
+    solo = []
+    for s in (1, 2, 3):
+        trainer, _ = member([f"seed={s}"], tmp_path, f"solo{s}")
+        buf, _ = trainer.collector.collect(trainer.network)
+        solo.append({k: getattr(buf, k).copy() for k in ("obs", "actions", "logprobs", "values", "rewards",
+                                                          "terminated", "truncated", "valid", "next_value")})
+        trainer.envs.close()
+    monkeypatch.setattr(StackedMLPPolicy, "__call__", counted)
+    trainers = [member([f"seed={s}"], tmp_path, f"pop{s}")[0] for s in (1, 2, 3)]
+    Population(trainers).collect(range(3))
+    assert calls["n"] == 32 + 1  # one batched forward per step, and one for the bootstrap values
+    for trainer, want in zip(trainers, solo):
+        buf = trainer.collector.buffer
+        for key, value in want.items():
+            if key in ("logprobs", "values", "next_value"):
+                np.testing.assert_allclose(getattr(buf, key), value, rtol=1e-6, atol=1e-6, err_msg=key)
+            else:
+                np.testing.assert_array_equal(getattr(buf, key), value, err_msg=key)
+        trainer.envs.close()
+
+
+def test_a_member_whose_env_fails_mid_rollout_fails_alone(tmp_path):
+    trainers = [member([f"seed={s}"], tmp_path, f"e{s}")[0] for s in (1, 2, 3)]
+    real_step, calls = trainers[1].envs.step, {"n": 0}
+
+    def failing(action):
+        calls["n"] += 1
+        if calls["n"] == 10:
+            raise RuntimeError("simulator crashed")
+        return real_step(action)
+
+    trainers[1].envs.step = failing
+    outcomes = Population(trainers).fit()
+    assert isinstance(outcomes[1], RuntimeError) and "simulator crashed" in str(outcomes[1])
+    for k in (0, 2):
+        assert isinstance(outcomes[k], dict) and outcomes[k]["global_step"] == 256
     for t in trainers:
         t.envs.close()

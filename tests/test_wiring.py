@@ -146,11 +146,11 @@ def test_vf_coef_scales_the_value_term_of_the_loss(tmp_path):
 
 
 def test_minibatches_are_shuffled_every_epoch_and_the_trainer_uses_them(tmp_path, monkeypatch):
-    """TrainingBatch.minibatches: catches the minibatches not being shuffled (same order each epoch)."""
+    """TrainingBatch.minibatch_indices: catches the minibatches not being shuffled (same order each epoch)."""
     trainer, buf, advantages, returns = collected([], tmp_path)
     batch = buf.training_batch(advantages, returns, torch.device("cpu"))
     torch.manual_seed(5)
-    epochs = [torch.cat([mb.logprobs for mb in batch.minibatches(2)]) for _ in range(2)]
+    epochs = [torch.cat([batch.logprobs[rows] for rows in batch.minibatch_indices(2)]) for _ in range(2)]
     in_buffer = batch.logprobs[batch.valid]
     for order in epochs:  # each valid sample once
         torch.testing.assert_close(torch.sort(order).values, torch.sort(in_buffer).values)

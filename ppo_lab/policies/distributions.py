@@ -22,12 +22,14 @@ renormalize over the valid actions and the entropy is over them only (``0 * -1e8
 its logit gets no gradient. ``mask=None`` is the plain path, with no extra work.
 
 Shapes: ``B`` is the batch, ``n`` the number of discrete actions (or bits), ``d`` the action
-dimension.
+dimension. The acting methods also take a leading member dim, ``(M, B, ...)``, with ``M``
+generators (a population's lockstep rollout, :data:`Rng`): each member draws what it would alone.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any, Sequence, Union
 
 import numpy as np
 import torch
@@ -58,6 +60,26 @@ def apply_mask_torch(logits: Tensor, mask: Tensor | None) -> Tensor:
     return torch.where(mask.bool(), logits, torch.full_like(logits, MASKED_LOGIT))
 
 
+#: What the acting methods draw from: one generator, or a population's ``M`` generators, one per
+#: member, when every array has a leading ``(M, ...)`` member dim (``inference.StackedMLPPolicy``).
+Rng = Union[np.random.Generator, Sequence[np.random.Generator]]
+
+
+def draw(rng: Rng, method: str, shape: tuple[int, ...], **kwargs: Any) -> np.ndarray:
+    """``rng.<method>(shape, **kwargs)``; for ``M`` generators, row ``m`` of the ``(M, *rest)``
+    result is generator ``m``'s draw of ``rest``: what that member's solo run draws."""
+    if isinstance(rng, np.random.Generator):
+        return getattr(rng, method)(shape, **kwargs)
+    return np.stack([getattr(r, method)(shape[1:], **kwargs) for r in rng])
+
+
+def pick(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """``values[..., index]`` row by row: ``(..., n)`` values, ``(...)`` int indices -> ``(...)``."""
+    if values.ndim == 2:  # the solo rollout's hot path: plain fancy indexing is the cheapest
+        return values[np.arange(len(index)), index]
+    return np.take_along_axis(values, index[..., None], axis=-1)[..., 0]
+
+
 def action_rng(seed: int) -> np.random.Generator:
     """The generator a run's actions are drawn from, for a given seed.
 
@@ -72,7 +94,7 @@ class Categorical:
     """Categorical distribution over ``n`` actions, parameterized by unnormalized logits ``(B, n)``."""
 
     def sample(
-        self, logits: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None
+        self, logits: np.ndarray, rng: Rng, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Draw one action per row; return it with its log-probability (the rollout's hot path).
 
@@ -96,9 +118,9 @@ class Categorical:
         weights = np.exp(shifted)
         # float64 draws: a float32 Exp(1) draw is exactly 0 about once in 2**23, and a zero would
         # pick its action whatever its probability (w / 0 = inf); in float64, once in ~2**53.
-        action = (weights / rng.standard_exponential(weights.shape)).argmax(axis=-1)
+        action = (weights / draw(rng, "standard_exponential", weights.shape)).argmax(axis=-1)
         log_norm = np.log(weights.sum(axis=-1))
-        return action, shifted[np.arange(len(action)), action] - log_norm
+        return action, pick(shifted, action) - log_norm
 
     def mode(self, logits: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """``(B,)`` most likely (valid) action (deterministic evaluation)."""
@@ -110,7 +132,7 @@ class Categorical:
         logits = apply_mask(logits, mask)
         shifted = logits - logits.max(axis=-1, keepdims=True)
         log_norm = np.log(np.exp(shifted).sum(axis=-1))
-        return shifted[np.arange(len(actions)), actions.astype(np.int64)] - log_norm
+        return pick(shifted, actions.astype(np.int64)) - log_norm
 
     def log_prob_entropy(
         self, logits: Tensor, actions: Tensor, mask: Tensor | None = None
@@ -143,7 +165,7 @@ class MultiCategorical:
         return np.split(array, self._bounds, axis=-1)
 
     def sample(
-        self, logits: np.ndarray, rng: np.random.Generator, mask: np.ndarray | None = None
+        self, logits: np.ndarray, rng: Rng, mask: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(B, k)`` int64 actions and their ``(B,)`` summed log-probabilities, from logits
         ``(B, sum(nvec))`` (``mask`` ``(B, sum(nvec))``: each component masked by its own part)."""
@@ -156,7 +178,7 @@ class MultiCategorical:
 
     def log_prob(self, logits: np.ndarray, actions: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
         """``(B,)`` summed log-probabilities of ``actions`` ``(B, k)`` (numpy)."""
-        return np.sum([self._cat.log_prob(lg, actions[:, i], m)
+        return np.sum([self._cat.log_prob(lg, actions[..., i], m)
                        for i, (lg, m) in enumerate(zip(self._split(logits), self._split(mask)))], axis=0)
 
     def log_prob_entropy(
@@ -174,11 +196,11 @@ class Bernoulli:
     logits ``(B, n)`` (P(bit = 1) = sigmoid(logit)); log-probs and entropies summed over bits
     (as sb3's BernoulliDistribution). Pinned against ``torch.distributions.Bernoulli``."""
 
-    def sample(self, logits: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, logits: np.ndarray, rng: Rng) -> tuple[np.ndarray, np.ndarray]:
         """``(B, n)`` int64 bits (bit i is 1 when a uniform draw is below sigmoid(logit_i)) and
         their ``(B,)`` float32 summed log-probabilities."""
         prob = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-        bits = (rng.random(logits.shape) < prob).astype(np.int64)
+        bits = (draw(rng, "random", logits.shape) < prob).astype(np.int64)
         return bits, self.log_prob(logits, bits)
 
     def mode(self, logits: np.ndarray) -> np.ndarray:
@@ -209,11 +231,11 @@ class DiagGaussian:
     """
 
     def sample(
-        self, mean: np.ndarray, log_std: np.ndarray, rng: np.random.Generator
+        self, mean: np.ndarray, log_std: np.ndarray, rng: Rng
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(B, d)`` float32 sample and its ``(B,)`` log-density; with ``a = mean + std * eps``
         the standardized residual is ``eps`` itself, so no division is needed."""
-        eps = rng.standard_normal(mean.shape, dtype=np.float32)
+        eps = draw(rng, "standard_normal", mean.shape, dtype=np.float32)
         action = mean + np.exp(log_std) * eps
         return action, (-0.5 * eps * eps - log_std - _LOG_SQRT_2PI).sum(axis=-1)
 

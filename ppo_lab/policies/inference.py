@@ -8,13 +8,13 @@ the torch forward (``tests/test_networks.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from ppo_lab.policies.distributions import Categorical, MultiCategorical
+from ppo_lab.policies.distributions import Categorical, MultiCategorical, Rng
 from ppo_lab.policies.layers import MLP
 from ppo_lab.policies.observations import obs_batch_size, obs_to_tensor  # obs_to_tensor: also importable from here, its old home
 
@@ -56,7 +56,7 @@ class InferencePolicy:
         return self(obs)
 
     def act(
-        self, obs: np.ndarray, rng: np.random.Generator, deterministic: bool = False,
+        self, obs: np.ndarray, rng: Rng, deterministic: bool = False,
         mask: np.ndarray | None = None, episode_start: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Choose actions for a batch of observations.
@@ -151,6 +151,56 @@ class FusedMLPPolicy(InferencePolicy):
             x = self.activation(x @ w + b)
         out = x @ head_w + head_b
         return out[:, :-1], out[:, -1]
+
+
+class StackedMLPPolicy(InferencePolicy):
+    """``M`` members' :class:`FusedMLPPolicy` snapshots as one batched forward (a population's
+    lockstep rollout, ``training/rollout.collect_rollouts``).
+
+    Each layer's weights are stacked to ``(M, in, out)`` and applied with one ``np.matmul`` on
+    ``(M, B, in)`` observations, where ``M`` separate policies make ``M`` calls; the heads'
+    outputs feed the members' distribution with one generator per member (``act(obs, rngs)``,
+    ``distributions.draw``), so member ``m`` draws what its solo rollout draws. Outputs equal
+    each member's own policy up to float32 rounding (``tests/test_population.py``).
+
+    Args:
+        policies: the members' snapshots; :meth:`refusal` must be None for them.
+
+    Raises:
+        ValueError: the snapshots cannot be stacked (the message says why).
+    """
+
+    def __init__(self, policies: Sequence[FusedMLPPolicy]) -> None:
+        reason = self.refusal(policies)
+        if reason:
+            raise ValueError(f"cannot stack these policies: {reason}")
+        first = policies[0]
+        self.dist, self.continuous, self.activation = first.dist, first.continuous, first.activation
+        self.log_std = np.stack([p.log_std for p in policies])[:, None] if self.continuous else None  # (M, 1, d)
+        self.layers = [(np.stack([p.layers[k][0] for p in policies]), np.stack([p.layers[k][1] for p in policies])[:, None])
+                       for k in range(len(first.layers))]
+
+    @staticmethod
+    def refusal(policies: Sequence[InferencePolicy]) -> Optional[str]:
+        """Why ``policies`` cannot act as one stack (None when they can): each must be a
+        :class:`FusedMLPPolicy` of one layer shape, activation and action distribution."""
+        if any(type(p) is not FusedMLPPolicy for p in policies):
+            return f"only FusedMLPPolicy snapshots stack (got {sorted({type(p).__name__ for p in policies})})"
+        first = policies[0]
+        for p in policies[1:]:
+            if ([w.shape for w, _ in p.layers] != [w.shape for w, _ in first.layers] or p.activation is not first.activation
+                    or type(p.dist) is not type(first.dist) or getattr(p.dist, "nvec", None) != getattr(first.dist, "nvec", None)):
+                return "the members' networks differ in architecture or action distribution"
+        return None
+
+    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``obs`` ``(M, B, *obs_shape)`` -> (logits or mean ``(M, B, n)``, value ``(M, B)``), float32."""
+        x = np.asarray(obs, dtype=np.float32).reshape(obs.shape[0], obs.shape[1], -1)
+        *hidden, (head_w, head_b) = self.layers
+        for w, b in hidden:
+            x = self.activation(np.matmul(x, w) + b)
+        out = np.matmul(x, head_w) + head_b
+        return out[..., :-1], out[..., -1]
 
 
 class NetworkPolicy(InferencePolicy):

@@ -4,9 +4,10 @@ This is the one training loop. A solo run (``python train.py``) is a population 
 (``Trainer.fit``); a population sweep (``hydra/launcher=population``) gives it many members.
 Each member is a :class:`~ppo_lab.training.trainer.Trainer`: its own env, rollout collector,
 normalization, minibatch generator, counters, sinks, callbacks, run dir and checkpoints. Each
-round, every running member collects a rollout and its advantages (phases 1-3 of
-``Trainer``), then one update trains all of them (phase 4, :meth:`Population.update`), then
-each member logs, evaluates and checkpoints (phases 5-6).
+round, every running member anneals its schedules and, after the rollouts, computes its
+advantages (phases 1 and 3 of ``Trainer``); the rollouts run in lockstep with one batched
+forward per step (phase 2, :meth:`Population.collect`); one update trains all of them (phase 4,
+:meth:`Population.update`); then each member logs, evaluates and checkpoints (phases 5-6).
 
 The update runs the members' minibatches side by side:
 
@@ -46,7 +47,7 @@ from ppo_lab.policies.observations import map_obs
 from ppo_lab.policies.protocol import is_recurrent
 from ppo_lab.policies.stacked import StackedActorCritic, stack_refusal
 from ppo_lab.training.errors import TrainingInterrupted
-from ppo_lab.training.rollout import Minibatch, TrainingBatch
+from ppo_lab.training.rollout import Minibatch, TrainingBatch, collect_rollouts
 
 #: A member: a ``ppo_lab.training.trainer.Trainer`` (not imported: the trainer imports this module).
 Trainer = Any
@@ -152,12 +153,8 @@ class Population:
                 rows = [i for i, m in enumerate(members) if outcomes[i] is None and m.running()]
                 if not rows:
                     break
-                # Phases 1-3 per member: schedules, rollout, advantages.
-                rollouts: dict[int, Rollout] = {}
-                for i in rows:
-                    rollout = self._guard(outcomes, i, members[i].collect)
-                    if rollout is not None:
-                        rollouts[i] = rollout
+                # Phases 1-3: schedules, the rollouts in lockstep, advantages.
+                rollouts = self.collect(rows, outcomes)
                 # Phase 4: one update for all of them.
                 tic = time.perf_counter()
                 stats = self.update(rollouts) if rollouts else {}
@@ -195,6 +192,39 @@ class Population:
             return None
         finally:
             self.current = None
+
+    # ------------------------------------------------------------------ the rollouts
+    def collect(self, rows: Sequence[int], outcomes: Optional[list[Optional[Outcome]]] = None) -> dict[int, Rollout]:
+        """Phases 1-3 for the members ``rows``: each one's schedules (``Trainer.schedule``), their
+        rollouts in lockstep (``training/rollout.collect_rollouts``: one batched forward per step
+        where the policies stack), each one's advantages (``Trainer.advantages``).
+
+        Returns:
+            Member index -> its :class:`~ppo_lab.training.trainer.Rollout`. A member whose
+            phase raised is left out, its exception in ``outcomes[i]`` (raised when
+            ``outcomes`` is None).
+        """
+        members = self.members
+        failed: list[Optional[Outcome]] = [None] * len(members) if outcomes is None else outcomes
+        plans = {i: plan for i in rows if (plan := self._guard(failed, i, members[i].schedule)) is not None}
+        live = list(plans)
+        tic = time.perf_counter()
+        results = collect_rollouts([members[i].collector for i in live], [members[i].network for i in live])
+        share = (time.perf_counter() - tic) / max(len(live), 1)
+        rollouts: dict[int, Rollout] = {}
+        for i, result in zip(live, results):
+            members[i].timing["rollout"] += share
+            if isinstance(result, BaseException):
+                failed[i] = result
+                continue
+            rollout = self._guard(failed, i, members[i].advantages, result, *plans[i])
+            if rollout is not None:
+                rollouts[i] = rollout
+        if outcomes is None:
+            for outcome in failed:
+                if isinstance(outcome, BaseException):
+                    raise outcome
+        return rollouts
 
     # ------------------------------------------------------------------ the update
     def update(self, rollouts: dict[int, Rollout]) -> dict[int, Union[dict[str, float], BaseException]]:

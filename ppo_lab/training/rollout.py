@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import gymnasium as gym
 import numpy as np
@@ -29,6 +29,7 @@ from ppo_lab.config import ActionMasking
 from ppo_lab.envs import completed_episodes, first_action_mask, read_action_mask
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
+from ppo_lab.policies.inference import StackedMLPPolicy
 from ppo_lab.policies.protocol import is_recurrent
 from ppo_lab.policies.observations import (
     ObsTree, allocate_obs, flatten_obs, index_obs, map_obs, split_obs, write_obs,
@@ -189,16 +190,6 @@ class TrainingBatch:
         perm = valid[torch.randperm(valid.numel(), device=valid.device, generator=generator)]
         return [part for part in perm.tensor_split(num_minibatches) if part.numel() > 0]
 
-    def minibatches(self, num_minibatches: int, generator: Optional[torch.Generator] = None) -> list[Minibatch]:
-        """One epoch of minibatches in the order of :meth:`minibatch_indices`."""
-        tensors = (self.actions, self.logprobs, self.advantages, self.values, self.returns)
-        out = []
-        for rows in self.minibatch_indices(num_minibatches, generator):
-            parts = [t[rows] for t in tensors]
-            out.append(Minibatch(index_obs(self.obs, rows), *parts,
-                                 masks=None if self.masks is None else self.masks[rows]))
-        return out
-
     def sequence_minibatches(self, num_minibatches: int, generator: Optional[torch.Generator] = None) -> list[Minibatch]:
         """One epoch for a recurrent policy: the envs in a fresh random order (``generator``, or
         torch's global one), split into ``num_minibatches`` groups as even as possible; each minibatch
@@ -309,54 +300,144 @@ class RolloutCollector:
 
     def collect(self, network: Any) -> tuple[RolloutBuffer, list[tuple[float, int]]]:
         """Run ``num_steps`` vector steps with ``network.inference_policy()`` (protocol:
-        ``policies/protocol.py``).
+        ``policies/protocol.py``): :func:`collect_rollouts` for one member.
 
         Returns:
             The filled buffer (reused between calls) and the ``(episodic_return, episodic_length)``
             of every episode that ended during the rollout.
         """
-        buf, episodes = self.buffer, []
-        policy = network.inference_policy()  # fused numpy snapshot of this rollout's weights (MLP)
-        recurrent = is_recurrent(network)
-        if recurrent:
+        (result,) = collect_rollouts([self], [network])
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    # The phases of one rollout, called by ``collect_rollouts`` (which interleaves members).
+    def _begin(self, policy: Any, network: Any) -> None:
+        """Start a rollout with ``policy`` (a recurrent one continues this collector's state)."""
+        self._policy, self._recurrent, self._episodes = policy, is_recurrent(network), []
+        if self._recurrent:
             if self.state is None:
                 policy.reset_state(self.envs.num_envs)
             else:
                 policy.state = self.state
-            buf.initial_state = policy.state.copy()
-        masks, width = buf.masks, None if buf.masks is None else buf.masks.shape[-1]
-        for t in range(len(buf.logprobs)):
-            write_obs(buf.obs, t, self.next_obs)
-            buf.episode_starts[t] = self.episode_start
-            # Keyword arguments only where needed: a user's feed-forward policy may take neither.
-            kwargs = {}
-            if masks is not None:  # the mask valid in the observation the action is taken in
-                masks[t] = self.next_mask
-                kwargs["mask"] = masks[t]
-            if recurrent:
-                kwargs["episode_start"] = self.episode_start
-            action, buf.logprobs[t], buf.values[t] = policy.act(index_obs(buf.obs, t), self.rng, **kwargs)
-            buf.actions[t] = action
-            buf.valid[t] = ~self.prev_done
-            # The step after an autoreset step reads the new episode's first observation.
-            self.episode_start = self.prev_done
-            tic = time.perf_counter()
-            self.next_obs, reward, terminated, truncated, infos = self.envs.step(action)
-            self.env_seconds += time.perf_counter() - tic
-            if masks is not None:  # autoreset steps' infos carry the new episode's mask
-                self.next_mask = read_action_mask(self.next_obs, infos, width)
-                if self.next_mask is None:
-                    raise RuntimeError(f"the env gave no action_mask at rollout step {t}; a masking run "
-                                       "needs one in every step's info (or Dict observation)")
-            buf.rewards[t] = reward
-            buf.terminated[t] = terminated
-            buf.truncated[t] = truncated
-            self.prev_done = terminated | truncated
-            if infos:
-                episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
-        if recurrent:
+            self.buffer.initial_state = policy.state.copy()
+
+    def _observe(self, t: int) -> tuple[ObsTree, Optional[np.ndarray]]:
+        """Store step ``t``'s observation (and its action mask); return them as the policy reads them."""
+        buf = self.buffer
+        write_obs(buf.obs, t, self.next_obs)
+        buf.episode_starts[t] = self.episode_start
+        mask = None
+        if buf.masks is not None:  # the mask valid in the observation the action is taken in
+            buf.masks[t] = self.next_mask
+            mask = buf.masks[t]
+        return index_obs(buf.obs, t), mask
+
+    def _act(self, obs: ObsTree, mask: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This collector's own policy acting on ``obs``: actions, log-probs, values."""
+        # Keyword arguments only where needed: a user's feed-forward policy may take neither.
+        kwargs: dict[str, Any] = {}
+        if mask is not None:
+            kwargs["mask"] = mask
+        if self._recurrent:
+            kwargs["episode_start"] = self.episode_start
+        return self._policy.act(obs, self.rng, **kwargs)
+
+    def _advance(self, t: int, action: np.ndarray, logprob: np.ndarray, value: np.ndarray) -> None:
+        """Store step ``t``'s action, log-prob and value, and step the envs with the action."""
+        buf = self.buffer
+        buf.actions[t], buf.logprobs[t], buf.values[t] = action, logprob, value
+        buf.valid[t] = ~self.prev_done
+        # The step after an autoreset step reads the new episode's first observation.
+        self.episode_start = self.prev_done
+        tic = time.perf_counter()
+        self.next_obs, reward, terminated, truncated, infos = self.envs.step(action)
+        self.env_seconds += time.perf_counter() - tic
+        if buf.masks is not None:  # autoreset steps' infos carry the new episode's mask
+            self.next_mask = read_action_mask(self.next_obs, infos, buf.masks.shape[-1])
+            if self.next_mask is None:
+                raise RuntimeError(f"the env gave no action_mask at rollout step {t}; a masking run "
+                                   "needs one in every step's info (or Dict observation)")
+        buf.rewards[t] = reward
+        buf.terminated[t] = terminated
+        buf.truncated[t] = truncated
+        self.prev_done = terminated | truncated
+        if infos:
+            self._episodes += [(ret, length) for _, ret, length in completed_episodes(infos)]
+
+    def _finish(self, next_value: Optional[np.ndarray] = None) -> tuple[RolloutBuffer, list[tuple[float, int]]]:
+        """Store the bootstrap value of the last observation (``next_value``, or this collector's
+        policy's); return the buffer and the episodes that ended."""
+        buf, policy = self.buffer, self._policy
+        if next_value is not None:
+            buf.next_value[:] = next_value
+        elif self._recurrent:
             buf.next_value[:] = policy.value(self.next_obs, self.episode_start)
             self.state = policy.state
         else:
             buf.next_value[:] = policy.value(self.next_obs)
-        return buf, episodes
+        self._policy = None  # the snapshot is this rollout's only
+        return buf, self._episodes
+
+
+RolloutResult = Union[tuple[RolloutBuffer, list[tuple[float, int]]], BaseException]
+
+
+def collect_rollouts(collectors: Sequence[RolloutCollector], networks: Sequence[Any]) -> list[RolloutResult]:
+    """One rollout for each of ``M`` members (collector ``m`` acting with ``networks[m]``), in
+    lockstep: at every step each member stores its observation, then the members act, then each
+    steps its own envs.
+
+    Acting is one batched forward for all members when their rollout policies stack (the
+    project's MLPs: ``policies.inference.StackedMLPPolicy``), each member sampling from its own
+    generator; otherwise each member acts with its own policy. Either way member ``m`` fills
+    the buffer its solo rollout would (up to float32 rounding of the batched forward).
+
+    Returns:
+        Per member, :meth:`RolloutCollector.collect`'s result, or the exception that ended its
+        rollout (an env or policy error: that member stops, the others finish theirs).
+    """
+    results: list[Optional[RolloutResult]] = [None] * len(collectors)
+    policies = [network.inference_policy() for network in networks]
+    live = []
+    for i, (collector, policy, network) in enumerate(zip(collectors, policies, networks)):
+        try:
+            collector._begin(policy, network)
+            live.append(i)
+        except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
+            results[i] = exc
+    stacked = None
+    if len(collectors) > 1 and StackedMLPPolicy.refusal(policies) is None \
+            and len({c.buffer.masks is None for c in collectors}) == 1:
+        stacked, rngs = StackedMLPPolicy(policies), [c.rng for c in collectors]
+    for t in range(len(collectors[0].buffer.logprobs)):
+        if not live:
+            break
+        seen = [(i, collectors[i]._observe(t)) for i in live]
+        acted: list[Any] = []
+        if stacked is not None and len(live) == len(collectors):
+            masks = None if seen[0][1][1] is None else np.stack([mask for _, (_, mask) in seen])
+            acted = list(zip(*stacked.act(np.stack([obs for _, (obs, _) in seen]), rngs, mask=masks)))
+        else:
+            for i, (obs, mask) in seen:
+                try:
+                    acted.append(collectors[i]._act(obs, mask))
+                except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
+                    acted.append(exc)
+        for (i, _), out in zip(seen, acted):
+            try:
+                if isinstance(out, BaseException):
+                    raise out
+                collectors[i]._advance(t, *out)
+            except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
+                results[i] = exc
+                live.remove(i)
+    values: list[Optional[np.ndarray]] = [None] * len(collectors)
+    if stacked is not None and len(live) == len(collectors):
+        values = list(stacked.value(np.stack([c.next_obs for c in collectors])))
+    for i in live:
+        try:
+            results[i] = collectors[i]._finish(values[i])
+        except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
+            results[i] = exc
+    return results  # type: ignore[return-value]

@@ -163,19 +163,20 @@ class Trainer:
         """Whether this member trains another round (updates left, no callback's stop)."""
         return self.iteration < self.num_iterations and self.stopped_by is None
 
-    def collect(self) -> Rollout:
-        """Phases 1-3 of the next update: schedules, rollout, advantages."""
+    def schedule(self) -> tuple[float, float]:
+        """Phase 1 of the next update: linear annealing of lr and clip_coef (detail 4); returns
+        both (the optimizer takes the lr). Phase 2, the rollout, is the population's
+        (``training/rollout.collect_rollouts``: ``num_steps`` vector steps, detail 1)."""
+        return self._schedules(self.iteration + 1)
+
+    def advantages(self, collected: tuple[RolloutBuffer, list[tuple[float, int]]], lr: float,
+                   clip_coef: float) -> Rollout:
+        """Phase 3 after this member's rollout: count its steps; GAE with bootstrap on
+        truncation (detail 5)."""
         a = self.cfg.agent
-        iteration = self.iteration + 1
-        # 1. Schedules: linear annealing of lr and clip_coef (detail 4).
-        lr, clip_coef = self._schedules(iteration)
-        # 2. Rollout: num_steps vector steps with the current policy (detail 1).
-        tic = time.perf_counter()
-        buf, episodes = self.collector.collect(self.network)
+        buf, episodes = collected
         self.global_step += a.batch_size
-        self.iteration = iteration
-        self.timing["rollout"] += time.perf_counter() - tic
-        # 3. Advantages: GAE with bootstrap on truncation (detail 5).
+        self.iteration += 1
         tic = time.perf_counter()
         advantages, returns = compute_gae(
             buf.rewards, buf.values, buf.next_values(),
@@ -215,8 +216,9 @@ class Trainer:
     def time_breakdown(self) -> dict[str, float]:
         """Cumulative seconds of this process's training loop by phase: ``time/env_s`` (inside
         ``envs.step``), ``time/inference_s`` (the rest of the rollout: policy forward, sampling,
-        copies), ``time/update_s`` (GAE + gradient epochs; in a population, this member's
-        equal share of the batched update), ``time/log_s``."""
+        copies), ``time/update_s`` (GAE + gradient epochs), ``time/log_s``. In a population the
+        rollout and the update are this member's equal share of the lockstep rollout and of
+        the batched update."""
         env = self.collector.env_seconds
         return {"time/env_s": env, "time/inference_s": self.timing["rollout"] - env,
                 "time/update_s": self.timing["update"], "time/log_s": self.timing["log"]}
