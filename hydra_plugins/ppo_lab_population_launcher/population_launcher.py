@@ -9,7 +9,8 @@ job dirs, W&B runs and report of a normal sweep:
 2. Jobs whose configs differ only in batchable keys form populations
    (``ppo_lab.commands.population.population_groups``, at most ``max_members`` each).
 3. Each population is trained by ``train_population``: in this process (``n_jobs=1``) or in
-   ``n_jobs`` spawned worker processes, one population per worker at a time.
+   ``n_jobs`` spawned worker processes, one population per worker at a time (the workers start
+   before step 1, so their imports overlap with it).
 4. One ``JobReturn`` per job, in the sweep's job order: ``return_value`` is the final
    ``eval/episodic_return`` (train.py's objective, which the Optuna sweeper reads), or status
    FAILED with the job's error; a failed member fails only its job.
@@ -96,8 +97,6 @@ class PopulationLauncher(Launcher):
         self.task_function = task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        from ppo_lab.commands.population import population_groups
-
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -105,6 +104,18 @@ class PopulationLauncher(Launcher):
         log.info(f"Setting up {len(job_overrides)} jobs as populations (max_members={self.max_members}, "
                  f"n_jobs={self.n_jobs})")
 
+        # The worker processes start first: their imports overlap with setting up the jobs.
+        pool = self._start_workers(len(job_overrides))
+        try:
+            return self._launch(job_overrides, initial_job_idx, pool)
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, pool: Any) -> Sequence[JobReturn]:
+        from ppo_lab.commands.population import population_groups
+
+        assert self.config is not None and self.hydra_context is not None
         # 1. Every job's dir and .hydra/ record, by Hydra's run_job.
         returns, records = [], []
         for offset, overrides in enumerate(job_overrides):
@@ -134,7 +145,7 @@ class PopulationLauncher(Launcher):
 
         # 3. Train them; 4. one JobReturn per job.
         try:
-            outcomes = self._train(members)
+            outcomes = self._train(members, pool)
         except KeyboardInterrupt:
             print(f"stopped: to resume the whole sweep, run the same command again with "
                   f"hydra.sweep.dir={self.config.hydra.sweep.dir}", file=sys.stderr, flush=True)
@@ -145,7 +156,22 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
-    def _train(self, groups: list[list[Any]]) -> list[list[Any]]:
+    def _start_workers(self, jobs: int) -> Any:
+        """With ``n_jobs`` > 1 and several jobs: a pool of ``min(n_jobs, jobs)`` spawned worker
+        processes, started now (one warm-up task each makes the pool spawn them all); else None."""
+        if self.n_jobs == 1 or jobs < 2:
+            return None
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        workers = min(self.n_jobs, jobs)
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init)
+        for _ in range(workers):  # a busy worker is not idle: each submit spawns one more
+            pool.submit(os.getpid)
+        return pool
+
+    def _train(self, groups: list[list[Any]], pool: Any = None) -> list[list[Any]]:
         """Each group's outcomes (metrics dict or MemberFailure per member), in group order.
 
         Raises:
@@ -156,7 +182,7 @@ class PopulationLauncher(Launcher):
         # A SIGTERM between two members (no trainer's handler installed) stops the sweep too.
         previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
-            if self.n_jobs == 1 or len(groups) == 1:
+            if pool is None or len(groups) == 1:
                 outcomes = []
                 for group in groups:
                     outcome = run_group(group)
@@ -164,41 +190,35 @@ class PopulationLauncher(Launcher):
                         raise KeyboardInterrupt
                     outcomes.append(outcome)
                 return outcomes
-            return self._train_in_workers(groups)
+            return self._train_in_workers(groups, pool)
         finally:
             signal.signal(signal.SIGTERM, previous)
 
-    def _train_in_workers(self, groups: list[list[Any]]) -> list[list[Any]]:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        from ppo_lab.commands.population import GroupInterrupted, run_group_in_worker, worker_init
+    def _train_in_workers(self, groups: list[list[Any]], pool: Any) -> list[list[Any]]:
+        from ppo_lab.commands.population import GroupInterrupted, run_group_in_worker
 
         stopping = []
-        with ProcessPoolExecutor(max_workers=min(self.n_jobs, len(groups)),
-                                 mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=worker_init) as pool:
 
-            def forward(signum: int, frame: Any) -> None:
-                # Workers are not in the terminal's way: pass SIGTERM on, so each training
-                # member checkpoints and its group returns GroupInterrupted.
-                stopping.append(signum)
-                for pid in list(getattr(pool, "_processes", {}) or {}):
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
+        def forward(signum: int, frame: Any) -> None:
+            # Workers are not in the terminal's way: pass SIGTERM on, so each training
+            # member checkpoints and its group returns GroupInterrupted.
+            stopping.append(signum)
+            for pid in list(getattr(pool, "_processes", {}) or {}):
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
-            signal.signal(signal.SIGTERM, forward)
-            futures = [pool.submit(run_group_in_worker, group) for group in groups]
-            outcomes = []
-            try:
-                for future in futures:
-                    outcomes.append(future.result())
-            except Exception:
-                if stopping:  # a worker ended by the signal between two members
-                    raise KeyboardInterrupt from None
-                raise
+        signal.signal(signal.SIGTERM, forward)
+        futures = [pool.submit(run_group_in_worker, group) for group in groups]
+        outcomes = []
+        try:
+            for future in futures:
+                outcomes.append(future.result())
+        except Exception:
+            if stopping:  # a worker ended by the signal between two members
+                raise KeyboardInterrupt from None
+            raise
         if stopping or any(isinstance(o, GroupInterrupted) for o in outcomes):
             raise KeyboardInterrupt
         return outcomes
@@ -219,3 +239,18 @@ class PopulationLauncher(Launcher):
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _worker_init() -> None:
+    """Worker process start: Hydra's resolvers (``${now:...}``) and ppo_lab's configs; the
+    training modules and wandb imported now (while the launcher sets up the jobs), not by the
+    first member; a SIGTERM between two members (no trainer's handler installed) stops the
+    worker's group."""
+    import wandb  # noqa: F401
+
+    import ppo_lab.commands.population  # noqa: F401
+    from ppo_lab.config import register_configs
+
+    setup_globals()
+    register_configs()
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)

@@ -269,22 +269,6 @@ def run_group(members: Sequence[Member]) -> Union[list[Union[dict[str, float], M
     return [r if isinstance(r, dict) else failure_of(r, m) for r, m in zip(results, members)]
 
 
-def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
-def worker_init() -> None:
-    """Worker process start: Hydra's resolvers (``${now:...}``) and ppo_lab's configs, and a
-    SIGTERM between two members (no trainer's handler installed) stops the worker's group."""
-    from hydra.core.utils import setup_globals
-
-    from ppo_lab.config import register_configs
-
-    setup_globals()
-    register_configs()
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-
-
 def run_group_in_worker(members: Sequence[Member]) -> Union[list[Union[dict[str, float], MemberFailure]], GroupInterrupted]:
     """:func:`run_group` in a worker process; KeyboardInterrupt becomes :class:`GroupInterrupted`."""
     try:
