@@ -425,13 +425,14 @@ def collect_rollouts(collectors: Sequence[RolloutCollector], networks: Sequence[
                 except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
                     acted.append(exc)
         for (i, _), out in zip(seen, acted):
-            try:
-                if isinstance(out, BaseException):
-                    raise out
-                collectors[i]._advance(t, *out)
-            except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
-                results[i] = exc
-                live.remove(i)
+            if not isinstance(out, BaseException):
+                try:
+                    collectors[i]._advance(t, *out)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
+                    out = exc
+            results[i] = out
+            live.remove(i)
     values: list[Optional[np.ndarray]] = [None] * len(collectors)
     if stacked is not None and len(live) == len(collectors):
         values = list(stacked.value(np.stack([c.next_obs for c in collectors])))
