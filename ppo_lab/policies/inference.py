@@ -143,22 +143,27 @@ class FusedMLPPolicy(InferencePolicy):
             # (in, out) matrices: transposed once here, not per step.
             self.layers = [(_snapshot(w.t()), _snapshot(b)) for w, b in layers]
 
+    #: Leading batch dims of the observations: ``(B,)``; ``(M, B)`` for :class:`StackedMLPPolicy`.
+    batch_dims = 1
+
     def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``obs`` ``(B, *obs_shape)`` -> (logits or mean ``(B, n)``, value ``(B,)``), float32."""
-        x = np.asarray(obs, dtype=np.float32).reshape(len(obs), -1)
+        """``obs`` ``(B, *obs_shape)`` -> (logits or mean ``(B, n)``, value ``(B,)``), float32
+        (with ``M`` stacked members, ``(M, B, ...)`` in and out: ``@`` multiplies each slice)."""
+        x = np.asarray(obs, dtype=np.float32)
+        x = x.reshape(*x.shape[:self.batch_dims], -1)
         *hidden, (head_w, head_b) = self.layers
         for w, b in hidden:
             x = self.activation(x @ w + b)
         out = x @ head_w + head_b
-        return out[:, :-1], out[:, -1]
+        return out[..., :-1], out[..., -1]
 
 
-class StackedMLPPolicy(InferencePolicy):
+class StackedMLPPolicy(FusedMLPPolicy):
     """``M`` members' :class:`FusedMLPPolicy` snapshots as one batched forward (a population's
     lockstep rollout, ``training/rollout.collect_rollouts``).
 
-    Each layer's weights are stacked to ``(M, in, out)`` and applied with one ``np.matmul`` on
-    ``(M, B, in)`` observations, where ``M`` separate policies make ``M`` calls; the heads'
+    Each layer's weights are stacked to ``(M, in, out)`` (biases ``(M, 1, out)``) and applied by
+    :class:`FusedMLPPolicy`'s forward, one matmul on ``(M, B, in)`` observations, where ``M`` separate policies make ``M`` calls; the heads'
     outputs feed the members' distribution with one generator per member (``act(obs, rngs)``,
     ``distributions.draw``), so member ``m`` draws what its solo rollout draws. Outputs equal
     each member's own policy up to float32 rounding (``tests/test_population.py``).
@@ -170,7 +175,9 @@ class StackedMLPPolicy(InferencePolicy):
         ValueError: the snapshots cannot be stacked (the message says why).
     """
 
-    def __init__(self, policies: Sequence[FusedMLPPolicy]) -> None:
+    batch_dims = 2
+
+    def __init__(self, policies: Sequence[FusedMLPPolicy]) -> None:  # built from snapshots, not a network
         reason = self.refusal(policies)
         if reason:
             raise ValueError(f"cannot stack these policies: {reason}")
@@ -192,15 +199,6 @@ class StackedMLPPolicy(InferencePolicy):
                     or type(p.dist) is not type(first.dist) or getattr(p.dist, "nvec", None) != getattr(first.dist, "nvec", None)):
                 return "the members' networks differ in architecture or action distribution"
         return None
-
-    def __call__(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``obs`` ``(M, B, *obs_shape)`` -> (logits or mean ``(M, B, n)``, value ``(M, B)``), float32."""
-        x = np.asarray(obs, dtype=np.float32).reshape(obs.shape[0], obs.shape[1], -1)
-        *hidden, (head_w, head_b) = self.layers
-        for w, b in hidden:
-            x = self.activation(np.matmul(x, w) + b)
-        out = np.matmul(x, head_w) + head_b
-        return out[..., :-1], out[..., -1]
 
 
 class NetworkPolicy(InferencePolicy):
