@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ppo_lab.config import EvaluateConfig, register_configs
 from ppo_lab.commands.evaluate import evaluate_checkpoint, format_results
-from ppo_lab.commands.train import main_guard
+from ppo_lab.commands.cli import main_guard
 
 register_configs()
 

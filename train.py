@@ -9,7 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from ppo_lab.commands.train import EXIT_INTERRUPTED, main_guard, result_line, train
+from ppo_lab.commands.cli import EXIT_INTERRUPTED, main_guard, result_line
 from ppo_lab.config import register_configs
 
 register_configs()
@@ -17,6 +17,10 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> Optional[float]:
+    # Imported here, not at the top: the launcher process of a population sweep never trains,
+    # and skipping torch's import lets it set up the jobs while its workers start.
+    from ppo_lab.commands.train import train
+
     hc = HydraConfig.get()
     sweep_dir = hc.sweep.dir if hc.mode == RunMode.MULTIRUN else None
     try:
@@ -42,7 +46,7 @@ if __name__ == "__main__":
     import gc
     import sys
 
-    from ppo_lab.commands.train import check_run_dir_args, resume_run_dir_args
+    from ppo_lab.commands.cli import check_run_dir_args, resume_run_dir_args
     from ppo_lab.config import TrainConfig, check_override_keys, rewrite_alias_args
 
     # Aliases become their standard keys before Hydra composes, so --cfg job, .hydra/ and W&B

@@ -16,8 +16,8 @@ import torch
 import yaml
 from conftest import ROOT, compose_cfg, run_script, sigterm_once_training
 
-from ppo_lab.commands.population import batch_signature, population_groups
-from ppo_lab.commands.train import resolved_config
+from ppo_lab.commands.cli import resolved_config
+from ppo_lab.commands.sweep import batch_signature, population_groups
 
 TINY = ["logger=none", "progress=false", "total_timesteps=512", "agent.num_envs=2", "agent.num_steps=64",
         "eval_episodes=1"]
@@ -142,12 +142,29 @@ def test_a_member_trains_exactly_as_the_same_job_with_the_basic_launcher(populat
     assert_same_rows(member, basic / "0")
 
 
+#: ``python train.py`` run by a wrapper that reports, at exit, whether the launcher process
+#: imported torch (spawned workers import the wrapper as ``__mp_main__``: the guard skips it).
+TORCH_REPORT = """
+import atexit, runpy, sys
+if __name__ == "__main__":
+    atexit.register(lambda: print("launcher imported torch:", "torch" in sys.modules, flush=True))
+    sys.argv = [{train!r}] + sys.argv[1:]
+    sys.path.insert(0, {root!r})
+    runpy.run_path({train!r}, run_name="__main__")
+"""
+
+
 def test_n_jobs_2_trains_populations_in_workers_with_the_same_numbers(population_sweep, tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = sweep(sweep_dir, "seed=1", "agent.clip_coef=0.1", "agent.num_envs=1,2", "hydra/launcher=population",
-                 "hydra.launcher.n_jobs=2")
+    wrapper = tmp_path / "train_reporting_torch.py"
+    wrapper.write_text(TORCH_REPORT.format(train=str(ROOT / "train.py"), root=str(ROOT)))
+    proc = run_script(str(wrapper), ["-m", *TINY, "seed=1", "agent.clip_coef=0.1", "agent.num_envs=1,2",
+                                     "hydra/launcher=population", "hydra.launcher.n_jobs=2",
+                                     f"hydra.sweep.dir={sweep_dir}"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Population 1: jobs #1" in proc.stdout + proc.stderr
+    # The launcher process trains nothing: it composes the jobs while the workers import torch.
+    assert "launcher imported torch: False" in proc.stdout, proc.stdout[-2000:]
     one, two = job_dirs(sweep_dir)
     assert json.loads((one / "summary.json").read_text())["global_step"] == 512
     assert_same_weights(two, population_sweep / "0")  # seed=1 clip 0.1 num_envs=2, in a population of 4 there

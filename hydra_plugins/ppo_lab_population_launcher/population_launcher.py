@@ -8,9 +8,12 @@ job dirs, W&B runs and report of a normal sweep:
    ``.hydra/`` files exactly as for any launcher.
 2. Jobs whose configs differ only in batchable keys form populations
    (``ppo_lab.commands.population.population_groups``, at most ``max_members`` each).
-3. Each population is trained by ``train_population``: in this process (``n_jobs=1``) or in
-   ``n_jobs`` spawned worker processes, one population per worker at a time (the workers start
-   before step 1, so their imports overlap with it).
+3. Each population is trained by ``ppo_lab.commands.population.run_group``: in this process
+   (``n_jobs=1``) or in ``n_jobs`` spawned worker processes, one population per worker at a
+   time. The workers start when Hydra sets the launcher up, before the sweeper composes and
+   validates the jobs, so their imports (torch, wandb, the trainer) overlap with steps 1-2; this
+   process imports no torch for them (``ppo_lab.commands.sweep`` / ``cli``), and keeps its workers
+   for every launch of the sweep (the Optuna sweeper launches one batch of trials at a time).
 4. One ``JobReturn`` per job, in the sweep's job order: ``return_value`` is the final
    ``eval/episodic_return`` (train.py's objective, which the Optuna sweeper reads), or status
    FAILED with the job's error; a failed member fails only its job.
@@ -55,8 +58,8 @@ class _RecordJob:
         self.done: Optional[dict[str, Any]] = None
 
     def __call__(self, cfg: DictConfig) -> None:
-        from ppo_lab.commands.population import Member
-        from ppo_lab.commands.train import resolved_config
+        from ppo_lab.commands.cli import resolved_config
+        from ppo_lab.commands.sweep import Member
 
         hc = HydraConfig.get()
         self.member = Member(cfg=cfg, run_dir=hc.runtime.output_dir, overrides=list(hc.overrides.task),
@@ -90,11 +93,17 @@ class PopulationLauncher(Launcher):
         self.config: Optional[DictConfig] = None
         self.task_function: Optional[TaskFunction] = None
         self.hydra_context: Optional[HydraContext] = None
+        #: The worker processes (``n_jobs`` > 1), kept for every launch of the sweep.
+        self.pool: Any = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
         self.hydra_context = hydra_context
         self.task_function = task_function
+        # The workers start now: their imports overlap with the sweeper composing and
+        # validating the jobs and with this launcher setting them up.
+        if self.pool is None:
+            self.pool = self._start_workers()
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -104,16 +113,21 @@ class PopulationLauncher(Launcher):
         log.info(f"Setting up {len(job_overrides)} jobs as populations (max_members={self.max_members}, "
                  f"n_jobs={self.n_jobs})")
 
-        # The worker processes start first: their imports overlap with setting up the jobs.
-        pool = self._start_workers(len(job_overrides))
         try:
-            return self._launch(job_overrides, initial_job_idx, pool)
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
+            return self._launch(job_overrides, initial_job_idx, self.pool)
+        except BaseException:
+            self.shutdown()  # an interrupted or failed sweep stops here: its workers with it
+            raise
+
+    def shutdown(self) -> None:
+        """Stop the worker processes (the sweep's last launch leaves them to interpreter exit,
+        which joins idle workers)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
 
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, pool: Any) -> Sequence[JobReturn]:
-        from ppo_lab.commands.population import population_groups
+        from ppo_lab.commands.sweep import population_groups
 
         assert self.config is not None and self.hydra_context is not None
         # 1. Every job's dir and .hydra/ record, by Hydra's run_job.
@@ -156,18 +170,17 @@ class PopulationLauncher(Launcher):
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
-    def _start_workers(self, jobs: int) -> Any:
-        """With ``n_jobs`` > 1 and several jobs: a pool of ``min(n_jobs, jobs)`` spawned worker
-        processes, started now (one warm-up task each makes the pool spawn them all); else None."""
-        if self.n_jobs == 1 or jobs < 2:
+    def _start_workers(self) -> Any:
+        """With ``n_jobs`` > 1: a pool of ``n_jobs`` spawned worker processes, started now (one
+        warm-up task each makes the pool spawn them all); else None."""
+        if self.n_jobs == 1:
             return None
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        workers = min(self.n_jobs, jobs)
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+        pool = ProcessPoolExecutor(max_workers=self.n_jobs, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=_worker_init)
-        for _ in range(workers):  # a busy worker is not idle: each submit spawns one more
+        for _ in range(self.n_jobs):  # a busy worker is not idle: each submit spawns one more
             pool.submit(os.getpid)
         return pool
 
@@ -177,12 +190,14 @@ class PopulationLauncher(Launcher):
         Raises:
             KeyboardInterrupt: SIGTERM/SIGINT stopped a population (the sweep stops).
         """
-        from ppo_lab.commands.population import GroupInterrupted, run_group
+        from ppo_lab.commands.sweep import GroupInterrupted
 
         # A SIGTERM between two members (no trainer's handler installed) stops the sweep too.
         previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
-            if pool is None or len(groups) == 1:
+            if pool is None:
+                from ppo_lab.commands.population import run_group
+
                 outcomes = []
                 for group in groups:
                     outcome = run_group(group)
@@ -195,7 +210,7 @@ class PopulationLauncher(Launcher):
             signal.signal(signal.SIGTERM, previous)
 
     def _train_in_workers(self, groups: list[list[Any]], pool: Any) -> list[list[Any]]:
-        from ppo_lab.commands.population import GroupInterrupted, run_group_in_worker
+        from ppo_lab.commands.sweep import GroupInterrupted
 
         stopping = []
 
@@ -210,7 +225,7 @@ class PopulationLauncher(Launcher):
                     pass
 
         signal.signal(signal.SIGTERM, forward)
-        futures = [pool.submit(run_group_in_worker, group) for group in groups]
+        futures = [pool.submit(_run_group_in_worker, group) for group in groups]
         outcomes = []
         try:
             for future in futures:
@@ -226,7 +241,7 @@ class PopulationLauncher(Launcher):
     @staticmethod
     def _finish(ret: JobReturn, member: Any, result: Any) -> None:
         """Fill the job's ``JobReturn`` from its population outcome (as train.py's main would)."""
-        from ppo_lab.commands.train import result_line
+        from ppo_lab.commands.cli import result_line
 
         if isinstance(result, dict):
             print(result_line(result, member.run_dir), flush=True)
@@ -239,6 +254,14 @@ class PopulationLauncher(Launcher):
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
+
+
+def _run_group_in_worker(group: Sequence[Any]) -> Any:
+    """``ppo_lab.commands.population.run_group_in_worker`` named from here: submitting it
+    pickles this module's function, so the launcher process never imports the trainer."""
+    from ppo_lab.commands.population import run_group_in_worker
+
+    return run_group_in_worker(group)
 
 
 def _worker_init() -> None:

@@ -16,9 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be found or read. The message names the file."""
+from ppo_lab.io.paths import CheckpointError, find_checkpoint, run_dir_of  # noqa: F401 - re-exported
 
 
 def torch_from_numpy(array: np.ndarray) -> torch.Tensor:
@@ -89,38 +87,3 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"checkpoint {path} is not a ppo_lab checkpoint (no model/config)")
     return state
-
-
-def find_checkpoint(path: str | Path, latest: bool = False) -> Path:
-    """Resolve a run dir or a checkpoint file to a checkpoint file.
-
-    Args:
-        path: a checkpoint file, a run dir, or a run's ``checkpoints/`` dir.
-        latest: pick the most recently written of ``final.pt`` and ``update_*.pt`` (resume);
-            otherwise ``final.pt`` when present, else the newest periodic checkpoint (evaluate).
-
-    Raises:
-        CheckpointError: the path does not exist, or the run dir holds no checkpoint.
-    """
-    path = Path(path)
-    if path.is_file():
-        return path
-    if not path.exists():
-        raise CheckpointError(f"checkpoint path {path} does not exist")
-    ckpt_dir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-    final = ckpt_dir / "final.pt"
-    periodic = sorted(ckpt_dir.glob("update_*.pt"))
-    candidates = periodic + ([final] if final.is_file() else [])
-    if not candidates:
-        raise CheckpointError(
-            f"no checkpoint found in {path} (looked for checkpoints/final.pt and checkpoints/update_*.pt)"
-        )
-    if latest:
-        return max(candidates, key=lambda p: p.stat().st_mtime_ns)
-    return final if final.is_file() else periodic[-1]
-
-
-def run_dir_of(checkpoint: Path) -> Path:
-    """The run dir a checkpoint file belongs to (the parent of its ``checkpoints/`` dir)."""
-    parent = Path(checkpoint).resolve().parent
-    return parent.parent if parent.name == "checkpoints" else parent
