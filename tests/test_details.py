@@ -224,6 +224,32 @@ def test_continuous5_env_gets_clipped_actions_buffer_keeps_the_unclipped_sample(
     np.testing.assert_allclose(buf.logprobs[:, 0], logp.numpy(), rtol=1e-5, atol=1e-5)
 
 
+def test_continuous5_batched_clip_equals_gymnasiums_clip_action():
+    """``clip_actions`` (one np.clip over the batch) gives what ``vw.ClipAction`` (one clip per env)
+    gives: the same float32 actions reach each env, and the same unbounded spaces."""
+    from ppo_lab.envs.factory import clip_actions
+
+    class Box3(RecordingBox):
+        action_space = gym.spaces.Box(np.array([-1.0, -2.0, 0.0], np.float32), np.array([1.0, 0.5, 3.0], np.float32))
+
+    actions = np.random.default_rng(0).normal(0, 3, size=(50, 2, 3)).astype(np.float32)
+    received = []
+    for wrap in (gym.wrappers.vector.ClipAction, clip_actions):
+        RecordingBox.received = []
+        envs = wrap(gym.vector.SyncVectorEnv([Box3, Box3]))
+        envs.reset(seed=0)
+        for a in actions:
+            envs.step(a)
+        received.append(np.array(RecordingBox.received))
+        spaces = (envs.single_action_space, envs.action_space)
+        if wrap is clip_actions:
+            assert spaces == reference_spaces
+        reference_spaces = spaces
+    assert received[0].dtype == received[1].dtype == np.float32
+    np.testing.assert_array_equal(received[0], received[1])
+    assert (received[1] != actions.reshape(100, 3)).any()  # the clip did clip
+
+
 def test_continuous2_log_std_is_kept_inside_its_clamp_by_the_optimizer(tmp_path):
     trainer, rec = make_trainer(["env=pendulum", "action.log_std_init=1.99", "agent.ent_coef=1.0",
                                  "agent.learning_rate=0.5", "agent.anneal_lr=false", "agent.num_steps=64",

@@ -97,6 +97,24 @@ def test_stacked_forward_equals_each_members_own_forward(tmp_path):
         trainer.envs.close()
 
 
+def test_numpy_tanh_is_torch_tanh_forward_and_backward():
+    """The stacked layers' tanh (numpy forward, autograd's tanh_backward): values to float32
+    rounding, the gradient of the same output bit for bit, torch's own tanh off the float path."""
+    from ppo_lab.policies.layers import numpy_tanh
+
+    x = (torch.randn(4, 64, 64) * 3).requires_grad_()
+    y = numpy_tanh(x)
+    want = torch.tanh(x)
+    torch.testing.assert_close(y, want, rtol=2e-7, atol=2e-7)
+    grad = torch.randn_like(y)
+    (got_grad,) = torch.autograd.grad(y, x, grad)
+    torch.testing.assert_close(got_grad, grad * (1 - y.detach() ** 2), rtol=1e-6, atol=1e-7)
+    x64 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(numpy_tanh, (x64,))
+    half = torch.randn(8, dtype=torch.bfloat16)
+    assert torch.equal(numpy_tanh(half), torch.tanh(half))
+
+
 def test_networks_the_population_cannot_stack_are_named(tmp_path):
     lstm, _ = member(["network=lstm"], tmp_path, "lstm")
     assert "recurrent" in stack_refusal(lstm.network)

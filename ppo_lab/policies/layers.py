@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -25,6 +26,37 @@ def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) 
 
 #: The MLP's activations by name (``network.activation``).
 TORCH_ACTIVATIONS = {"tanh": torch.tanh, "relu": torch.relu}
+
+
+class _NumpyTanh(torch.autograd.Function):
+    """tanh whose forward is numpy's and whose backward is autograd's own ``tanh_backward``
+    (``grad * (1 - y**2)``, from the saved output, exactly as ``torch.tanh``'s)."""
+
+    @staticmethod
+    def forward(ctx: object, x: Tensor) -> Tensor:
+        y = torch.from_numpy(np.tanh(x.detach().contiguous().numpy()))
+        ctx.save_for_backward(y)  # type: ignore[attr-defined]
+        return y
+
+    @staticmethod
+    def backward(ctx: object, grad: Tensor) -> Tensor:
+        (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def numpy_tanh(x: Tensor) -> Tensor:
+    """``torch.tanh`` with numpy's forward for CPU float tensors (other devices and dtypes: torch's).
+
+    Why: torch's CPU tanh kernel can be an order of magnitude slower than numpy's (measured 41 µs
+    against 3.3 µs on ``(4, 64, 64)`` float32, torch 2.13 on an AVX-512 CPU, 1 thread), and the
+    population's batched update calls it four times per minibatch on its largest tensors. Values
+    agree to float32 rounding (each is within an ulp or two of the exact tanh), not bit for bit,
+    which is why a solo run's forward (the reference) keeps ``torch.tanh``. Shapes and dtypes are
+    those of ``x``.
+    """
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return torch.tanh(x)
+    return _NumpyTanh.apply(x)
 
 
 class MLP(nn.Module):

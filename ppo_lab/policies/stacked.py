@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from ppo_lab.policies.distributions import LOG_STD_MAX, LOG_STD_MIN
-from ppo_lab.policies.layers import MLP
+from ppo_lab.policies.layers import MLP, numpy_tanh
 
 
 # A member's (out, 1)-shaped parameters are strided views of its buffer row; autograd warns that such
@@ -84,7 +84,10 @@ class StackedActorCritic:
             self.params[name] = param
             offset += n
         net = self.template
-        self.activation = net.actor_trunk.activation
+        # numpy's tanh where the members' MLPs use torch's: the same function to float32 rounding,
+        # several times faster on CPU (``layers.numpy_tanh``).
+        act = net.actor_trunk.activation
+        self.activation = numpy_tanh if act is torch.tanh else act
         self.actor_layers = [self._linear(f"actor_trunk.layers.{i}") for i in range(len(net.actor_trunk.layers))]
         critic = "actor_trunk" if net.shared else "critic_trunk"
         self.critic_layers = [self._linear(f"{critic}.layers.{i}") for i in range(len(net.critic_trunk.layers))]
