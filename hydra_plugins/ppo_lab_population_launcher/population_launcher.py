@@ -268,7 +268,13 @@ def _worker_init() -> None:
     """Worker process start: Hydra's resolvers (``${now:...}``) and ppo_lab's configs; the
     training modules and wandb imported now (while the launcher sets up the jobs), not by the
     first member; a SIGTERM between two members (no trainer's handler installed) stops the
-    worker's group."""
+    worker's group.
+
+    The objects of those imports (~200k, never garbage) are then frozen out of the garbage
+    collector (``gc.freeze``), as train.py does at exit: the worker's collections, the last one
+    at its exit included (which the sweep's end waits for), scan only what training made."""
+    import gc
+
     import wandb  # noqa: F401
 
     import ppo_lab.commands.population  # noqa: F401
@@ -277,3 +283,4 @@ def _worker_init() -> None:
     setup_globals()
     register_configs()
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    gc.freeze()
