@@ -261,3 +261,28 @@ def test_sigterm_reaches_the_worker_processes_of_n_jobs_2(tmp_path):
     assert "SIGTERM received" in err and f"resume={sweep_dir / '1'}" in err, err[-3000:]
     assert list((sweep_dir / "1" / "checkpoints").glob("update_*.pt"))
     assert not (sweep_dir / "1" / "checkpoints" / "final.pt").exists()
+
+
+def test_the_launcher_takes_the_configs_the_sweeper_composed_to_validate_the_batch():
+    """Each job is composed once: the launcher reuses the config the sweeper's validation made."""
+    from hydra_plugins.ppo_lab_population_launcher.population_launcher import _ComposedSweepConfigs
+
+    class Loader:
+        def __init__(self):
+            self.calls = []
+
+        def load_sweep_config(self, master_config, sweep_overrides):
+            self.calls.append(list(sweep_overrides))
+            return {"overrides": list(sweep_overrides), "n": len(self.calls)}
+
+    loader, master = Loader(), object()
+    composed = _ComposedSweepConfigs.install(loader)
+    assert _ComposedSweepConfigs.install(loader) is composed  # installed once per loader
+    validated = [loader.load_sweep_config(master_config=master, sweep_overrides=[f"seed={s}"]) for s in (1, 2)]
+    assert composed.take(master, ["seed=2"]) is validated[1] and composed.take(master, ["seed=1"]) is validated[0]
+    assert len(loader.calls) == 2
+    assert composed.take(master, ["seed=1"]) == {"overrides": ["seed=1"], "n": 3}  # taken once: composed again
+    assert composed.take(object(), ["seed=3"])["n"] == 4  # another master config is not confused with this one
+    loader.load_sweep_config(master_config=master, sweep_overrides=["seed=9"])
+    composed.clear()
+    assert composed.take(master, ["seed=9"])["n"] == 6

@@ -95,6 +95,7 @@ class PopulationLauncher(Launcher):
         self.hydra_context: Optional[HydraContext] = None
         #: The worker processes (``n_jobs`` > 1), kept for every launch of the sweep.
         self.pool: Any = None
+        self.composed: Optional[_ComposedSweepConfigs] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config = config
@@ -104,6 +105,7 @@ class PopulationLauncher(Launcher):
         # validating the jobs and with this launcher setting them up.
         if self.pool is None:
             self.pool = self._start_workers()
+        self.composed = _ComposedSweepConfigs.install(hydra_context.config_loader)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -118,6 +120,9 @@ class PopulationLauncher(Launcher):
         except BaseException:
             self.shutdown()  # an interrupted or failed sweep stops here: its workers with it
             raise
+        finally:
+            if self.composed is not None:
+                self.composed.clear()
 
     def shutdown(self) -> None:
         """Stop the worker processes (the sweep's last launch leaves them to interpreter exit,
@@ -135,7 +140,10 @@ class PopulationLauncher(Launcher):
         for offset, overrides in enumerate(job_overrides):
             idx = initial_job_idx + offset
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            if self.composed is not None:
+                sweep_config = self.composed.take(self.config, list(overrides))
+            else:
+                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
@@ -250,6 +258,46 @@ class PopulationLauncher(Launcher):
         else:
             ret.status = JobStatus.FAILED
             ret.return_value = result.error()
+
+
+class _ComposedSweepConfigs:
+    """The job configs the sweeper composed to validate a batch, kept for this launcher.
+
+    Hydra's basic sweeper composes every job of a batch to check it (``validate_batch_is_legal``)
+    and drops the result; a launcher then composes each job again (~0.1 s each). Installed on
+    the config loader, this remembers each config the sweeper composes (keyed by the master
+    config and the job's overrides), and :meth:`take` hands it to the launcher instead of
+    composing it again. ``load_sweep_config`` is Hydra's: same arguments, same result; the
+    remembered configs are dropped after every launch.
+    """
+
+    def __init__(self, load: Any) -> None:
+        self.load = load
+        self.configs: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+
+    @classmethod
+    def install(cls, loader: Any) -> "_ComposedSweepConfigs":
+        current = loader.load_sweep_config
+        if isinstance(current, cls):  # a second setup on the same loader
+            return current
+        composed = cls(current)
+        loader.load_sweep_config = composed
+        return composed
+
+    def __call__(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        config = self.load(master_config=master_config, sweep_overrides=sweep_overrides)
+        self.configs[(id(master_config), tuple(sweep_overrides))] = config
+        return config
+
+    def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """The job's config: the sweeper's, composed for this job and not used since, else a new one."""
+        config = self.configs.pop((id(master_config), tuple(sweep_overrides)), None)
+        if config is None:
+            config = self.load(master_config=master_config, sweep_overrides=sweep_overrides)
+        return config
+
+    def clear(self) -> None:
+        self.configs.clear()
 
 
 def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
