@@ -222,6 +222,21 @@ def test_optuna_trains_each_batch_of_trials_as_a_population(tmp_path):
     assert result["best_value"] == pytest.approx(max(returns))
 
 
+def test_optuna_batches_reuse_the_launchers_worker_processes(tmp_path):
+    """Two batches of trials (two launches) on one pool of n_jobs=2 workers, started once."""
+    sweep_dir = tmp_path / "sweep"
+    proc = sweep(sweep_dir, "hparams_search=cartpole_optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                 "hydra/launcher=population", "hydra.launcher.n_jobs=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout + proc.stderr
+    assert out.count("Setting up 2 jobs as populations") == 2
+    jobs = job_dirs(sweep_dir)
+    assert [j.name for j in jobs] == ["0", "1", "2", "3"]
+    returns = [json.loads((j / "summary.json").read_text())["eval/episodic_return"] for j in jobs]
+    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    assert result["best_value"] == pytest.approx(max(returns))
+
+
 def test_sigterm_stops_the_population_sweep_and_the_sweep_resumes_as_a_population(tmp_path):
     sweep_dir = tmp_path / "sweep"
     returncode, err = sigterm_once_training(

@@ -10,7 +10,7 @@ class PopulationLauncherConf:
     """Fields of ``hydra/launcher=population``.
 
     Jobs whose configs differ only in batchable keys (``seed``, ``agent.learning_rate``,
-    ``agent.clip_coef``, ... see ``ppo_lab.commands.population.BATCHABLE_KEYS``) form one
+    ``agent.clip_coef``, ... see ``ppo_lab.commands.sweep.BATCHABLE_KEYS``) form one
     population; each population is trained by ``ppo_lab.commands.population.train_population``.
     """
 

@@ -7,7 +7,7 @@ job dirs, W&B runs and report of a normal sweep:
    job (config, run dir, task overrides): ``run_job`` makes ``<sweep dir>/<job num>/`` and its
    ``.hydra/`` files exactly as for any launcher.
 2. Jobs whose configs differ only in batchable keys form populations
-   (``ppo_lab.commands.population.population_groups``, at most ``max_members`` each).
+   (``ppo_lab.commands.sweep.population_groups``, at most ``max_members`` each).
 3. Each population is trained by ``ppo_lab.commands.population.run_group``: in this process
    (``n_jobs=1``) or in ``n_jobs`` spawned worker processes, one population per worker at a
    time. The workers start when Hydra sets the launcher up, before the sweeper composes and
