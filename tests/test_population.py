@@ -115,6 +115,20 @@ def test_numpy_tanh_is_torch_tanh_forward_and_backward():
     assert torch.equal(numpy_tanh(half), torch.tanh(half))
 
 
+def test_member_draws_and_picks_are_each_members_own():
+    """``draw`` with M generators fills row m with generator m's solo draw (same dtype); ``pick``
+    on stacked values indexes each row as ``take_along_axis`` does."""
+    from ppo_lab.policies.distributions import draw, pick
+
+    for method, kwargs in [("standard_exponential", {}), ("standard_normal", {"dtype": np.float32}), ("random", {})]:
+        stacked = draw([np.random.default_rng(s) for s in range(3)], method, (3, 4, 2), **kwargs)
+        solo = np.stack([getattr(np.random.default_rng(s), method)((4, 2), **kwargs) for s in range(3)])
+        assert stacked.dtype == solo.dtype and np.array_equal(stacked, solo), method
+    values, index = np.random.rand(3, 4, 5).astype(np.float32), np.random.randint(0, 5, (3, 4))
+    np.testing.assert_array_equal(pick(values, index), np.take_along_axis(values, index[..., None], axis=-1)[..., 0])
+    np.testing.assert_array_equal(pick(values[0], index[0]), values[0][np.arange(4), index[0]])
+
+
 def test_networks_the_population_cannot_stack_are_named(tmp_path):
     lstm, _ = member(["network=lstm"], tmp_path, "lstm")
     assert "recurrent" in stack_refusal(lstm.network)

@@ -70,14 +70,20 @@ def draw(rng: Rng, method: str, shape: tuple[int, ...], **kwargs: Any) -> np.nda
     result is generator ``m``'s draw of ``rest``: what that member's solo run draws."""
     if isinstance(rng, np.random.Generator):
         return getattr(rng, method)(shape, **kwargs)
-    return np.stack([getattr(r, method)(shape[1:], **kwargs) for r in rng])
+    # Each generator fills its row in place (``out=``: the same draws as ``size=``, no stack copy).
+    out = np.empty(shape, dtype=kwargs.get("dtype", np.float64))
+    for row, r in zip(out, rng):
+        getattr(r, method)(out=row, **kwargs)
+    return out
 
 
 def pick(values: np.ndarray, index: np.ndarray) -> np.ndarray:
     """``values[..., index]`` row by row: ``(..., n)`` values, ``(...)`` int indices -> ``(...)``."""
     if values.ndim == 2:  # the solo rollout's hot path: plain fancy indexing is the cheapest
         return values[np.arange(len(index)), index]
-    return np.take_along_axis(values, index[..., None], axis=-1)[..., 0]
+    # Leading dims flattened: one fancy index (``take_along_axis`` builds an index grid per call).
+    flat = values.reshape(-1, values.shape[-1])
+    return flat[np.arange(len(flat)), index.reshape(-1)].reshape(index.shape)
 
 
 def action_rng(seed: int) -> np.random.Generator:
