@@ -98,8 +98,9 @@ def test_stacked_forward_equals_each_members_own_forward(tmp_path):
 
 
 def test_numpy_tanh_is_torch_tanh_forward_and_backward():
-    """The stacked layers' tanh (numpy forward, autograd's tanh_backward): values to float32
-    rounding, the gradient of the same output bit for bit, torch's own tanh off the float path."""
+    """The stacked layers' tanh (numpy forward and backward): values to float32 rounding, the
+    gradient to float32 rounding of torch's formula on the same output, a float64 gradcheck, 0-d
+    input, torch's own tanh off the float path, and no silent second derivative."""
     from ppo_lab.policies.layers import numpy_tanh
 
     x = (torch.randn(4, 64, 64) * 3).requires_grad_()
@@ -113,6 +114,11 @@ def test_numpy_tanh_is_torch_tanh_forward_and_backward():
     assert torch.autograd.gradcheck(numpy_tanh, (x64,))
     half = torch.randn(8, dtype=torch.bfloat16)
     assert torch.equal(numpy_tanh(half), torch.tanh(half))
+    scalar = torch.tensor(0.5)
+    torch.testing.assert_close(numpy_tanh(scalar), torch.tanh(scalar))
+    with pytest.raises(RuntimeError):
+        (g,) = torch.autograd.grad(numpy_tanh(x64).sum(), x64, create_graph=True)
+        torch.autograd.grad(g.sum(), x64)
 
 
 def test_member_draws_and_picks_are_each_members_own():
@@ -127,6 +133,8 @@ def test_member_draws_and_picks_are_each_members_own():
     values, index = np.random.rand(3, 4, 5).astype(np.float32), np.random.randint(0, 5, (3, 4))
     np.testing.assert_array_equal(pick(values, index), np.take_along_axis(values, index[..., None], axis=-1)[..., 0])
     np.testing.assert_array_equal(pick(values[0], index[0]), values[0][np.arange(4), index[0]])
+    with pytest.raises(ValueError, match="3 generators for a draw of shape"):
+        draw([np.random.default_rng(s) for s in range(3)], "random", (2, 4))
 
 
 def test_networks_the_population_cannot_stack_are_named(tmp_path):

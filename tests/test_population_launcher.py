@@ -297,7 +297,44 @@ def test_the_launcher_takes_the_configs_the_sweeper_composed_to_validate_the_bat
     assert composed.take(master, ["seed=2"]) is validated[1] and composed.take(master, ["seed=1"]) is validated[0]
     assert len(loader.calls) == 2
     assert composed.take(master, ["seed=1"]) == {"overrides": ["seed=1"], "n": 3}  # taken once: composed again
-    assert composed.take(object(), ["seed=3"])["n"] == 4  # another master config is not confused with this one
+    loader.load_sweep_config(master_config=master, sweep_overrides=["seed=3"])
+    assert composed.take(object(), ["seed=3"])["n"] == 5  # another master config's job: composed for it
     loader.load_sweep_config(master_config=master, sweep_overrides=["seed=9"])
     composed.clear()
-    assert composed.take(master, ["seed=9"])["n"] == 6
+    assert composed.take(master, ["seed=9"])["n"] == 7
+
+
+def test_workers_exit_when_the_launcher_process_is_killed(tmp_path):
+    """SIGKILL of the sweep's process (no clean-up runs): its n_jobs=2 workers exit on their own."""
+    import os
+    import signal
+    import time
+
+    sweep_dir = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "train.py"), "-m", "seed=1,2", "logger=none", "progress=false",
+         "total_timesteps=2000000", "agent.num_envs=2", "agent.num_steps=64", "hydra/launcher=population",
+         "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep_dir}"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = sweep_dir / "0" / "metrics.jsonl"
+    deadline = time.time() + 90
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.2)
+    children = [int(c) for c in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()]
+    assert metrics.exists() and len(children) >= 2, children  # the workers (and W&B-free: no service)
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        except FileNotFoundError:
+            return False
+
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(alive(c) for c in children):
+        time.sleep(0.2)
+    leftover = [c for c in children if alive(c)]
+    for pid in leftover:
+        os.kill(pid, signal.SIGKILL)
+    assert not leftover, "workers outlived the killed launcher"

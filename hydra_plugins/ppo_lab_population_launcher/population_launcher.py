@@ -115,6 +115,8 @@ class PopulationLauncher(Launcher):
         log.info(f"Setting up {len(job_overrides)} jobs as populations (max_members={self.max_members}, "
                  f"n_jobs={self.n_jobs})")
 
+        if self.pool is None:  # a launch after a failed one: its workers were stopped with it
+            self.pool = self._start_workers()
         try:
             return self._launch(job_overrides, initial_job_idx, self.pool)
         except BaseException:
@@ -273,7 +275,8 @@ class _ComposedSweepConfigs:
 
     def __init__(self, load: Any) -> None:
         self.load = load
-        self.configs: dict[tuple[int, tuple[str, ...]], DictConfig] = {}
+        #: A job's overrides -> (the master config it was composed from, the job's config).
+        self.configs: dict[tuple[str, ...], tuple[DictConfig, DictConfig]] = {}
 
     @classmethod
     def install(cls, loader: Any) -> "_ComposedSweepConfigs":
@@ -286,13 +289,13 @@ class _ComposedSweepConfigs:
 
     def __call__(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         config = self.load(master_config=master_config, sweep_overrides=sweep_overrides)
-        self.configs[(id(master_config), tuple(sweep_overrides))] = config
+        self.configs[tuple(sweep_overrides)] = (master_config, config)
         return config
 
     def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
         """The job's config: the sweeper's, composed for this job and not used since, else a new one."""
-        config = self.configs.pop((id(master_config), tuple(sweep_overrides)), None)
-        if config is None:
+        master, config = self.configs.pop(tuple(sweep_overrides), (None, None))
+        if master is not master_config or config is None:
             config = self.load(master_config=master_config, sweep_overrides=sweep_overrides)
         return config
 
@@ -320,8 +323,21 @@ def _worker_init() -> None:
 
     The objects of those imports (~200k, never garbage) are then frozen out of the garbage
     collector (``gc.freeze``), as train.py does at exit: the worker's collections, the last one
-    at its exit included (which the sweep's end waits for), scan only what training made."""
+    at its exit included (which the sweep's end waits for), scan only what training made.
+
+    A worker whose launcher process is gone (killed, or ended without shutting the pool down)
+    exits: a pool worker does not watch its parent, and would wait for work forever."""
     import gc
+    import multiprocessing
+    import threading
+
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def exit_with_parent() -> None:
+            parent.join()  # returns when the launcher process has ended
+            os._exit(1)
+
+        threading.Thread(target=exit_with_parent, name="exit-with-launcher", daemon=True).start()
 
     import wandb  # noqa: F401
 

@@ -67,9 +67,15 @@ Rng = Union[np.random.Generator, Sequence[np.random.Generator]]
 
 def draw(rng: Rng, method: str, shape: tuple[int, ...], **kwargs: Any) -> np.ndarray:
     """``rng.<method>(shape, **kwargs)``; for ``M`` generators, row ``m`` of the ``(M, *rest)``
-    result is generator ``m``'s draw of ``rest``: what that member's solo run draws."""
+    result is generator ``m``'s draw of ``rest``: what that member's solo run draws.
+
+    Raises:
+        ValueError: ``M`` generators for a shape whose leading dim is not ``M``.
+    """
     if isinstance(rng, np.random.Generator):
         return getattr(rng, method)(shape, **kwargs)
+    if len(rng) != shape[0]:
+        raise ValueError(f"{len(rng)} generators for a draw of shape {shape}: one per row of the leading dim")
     # Each generator fills its row in place (``out=``: the same draws as ``size=``, no stack copy).
     out = np.empty(shape, dtype=kwargs.get("dtype", np.float64))
     for row, r in zip(out, rng):

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 
 def layer_init(layer: nn.Module, gain: float = math.sqrt(2), bias: float = 0.0) -> nn.Module:
@@ -34,11 +35,13 @@ class _NumpyTanh(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: object, x: Tensor) -> Tensor:
-        y = torch.from_numpy(np.tanh(x.detach().contiguous().numpy()))
+        a = x.detach().contiguous().numpy()
+        y = torch.from_numpy(np.tanh(a, out=np.empty_like(a)))  # out=: an array even for 0-d input
         ctx.save_for_backward(y)  # type: ignore[attr-defined]
         return y
 
     @staticmethod
+    @once_differentiable  # the numpy backward is not itself differentiable: say so, not a silent 0
     def backward(ctx: object, grad: Tensor) -> Tensor:
         (y,) = ctx.saved_tensors  # type: ignore[attr-defined]
         out = y.numpy() * y.numpy()
