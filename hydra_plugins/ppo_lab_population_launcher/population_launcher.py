@@ -136,16 +136,13 @@ class PopulationLauncher(Launcher):
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int, pool: Any) -> Sequence[JobReturn]:
         from ppo_lab.commands.sweep import population_groups
 
-        assert self.config is not None and self.hydra_context is not None
+        assert self.config is not None and self.hydra_context is not None and self.composed is not None
         # 1. Every job's dir and .hydra/ record, by Hydra's run_job.
         returns, records = [], []
         for offset, overrides in enumerate(job_overrides):
             idx = initial_job_idx + offset
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            if self.composed is not None:
-                sweep_config = self.composed.take(self.config, list(overrides))
-            else:
-                sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            sweep_config = self.composed.take(self.config, list(overrides))
             with open_dict(sweep_config):
                 sweep_config.hydra.job.id = idx
                 sweep_config.hydra.job.num = idx
@@ -308,11 +305,16 @@ def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
 
 
 def _run_group_in_worker(group: Sequence[Any]) -> Any:
-    """``ppo_lab.commands.population.run_group_in_worker`` named from here: submitting it
-    pickles this module's function, so the launcher process never imports the trainer."""
-    from ppo_lab.commands.population import run_group_in_worker
+    """``ppo_lab.commands.population.run_group`` in a worker process, a KeyboardInterrupt (the
+    worker's SIGTERM) as ``GroupInterrupted``. Defined here, so that submitting it pickles this
+    module's function and the launcher process never imports the trainer."""
+    from ppo_lab.commands.population import run_group
+    from ppo_lab.commands.sweep import GroupInterrupted
 
-    return run_group_in_worker(group)
+    try:
+        return run_group(group)
+    except KeyboardInterrupt:
+        return GroupInterrupted(f"interrupted (pid {os.getpid()})")
 
 
 def _worker_init() -> None:

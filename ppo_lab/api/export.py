@@ -372,7 +372,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: ``python -m ppo_lab.export <run dir or .pt> format=onnx|torchscript
     [out=<path>] [checkpoint=final|best|latest]``; prints the path written. Bad input (and what
     cannot be exported) is one ``error: ...`` line on stderr and exit status 2."""
-    from ppo_lab.commands.train import main_guard
+    from ppo_lab.commands.cli import main_guard
 
     parser = argparse.ArgumentParser(
         prog="python -m ppo_lab.export",

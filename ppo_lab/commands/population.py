@@ -17,11 +17,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Union
 
-from ppo_lab.commands.sweep import (  # noqa: F401 - re-exported: the grouping and outcomes live there
-    BATCHABLE_KEYS, IDENTITY_KEYS, GroupInterrupted, Member, MemberFailure, _reraise, batch_signature,
-    failure_of, flatten, is_batchable, population_groups,
-)
-from ppo_lab.commands.train import close_run, main_guard, prepare_run
+from ppo_lab.commands.cli import main_guard
+from ppo_lab.commands.sweep import GroupInterrupted, Member, MemberFailure, _reraise, failure_of
+from ppo_lab.commands.train import close_run, prepare_run
 from ppo_lab.training.population import Population, population_refusal
 from ppo_lab.training.trainer import Trainer, TrainingInterrupted
 
@@ -136,11 +134,3 @@ def run_group(members: Sequence[Member]) -> Union[list[Union[dict[str, float], M
                 main_guard(_reraise, exc)  # "stopped: SIGTERM received ... Resume with: ..."
         return GroupInterrupted(str(exc) or type(exc).__name__)
     return [r if isinstance(r, dict) else failure_of(r, m) for r, m in zip(results, members)]
-
-
-def run_group_in_worker(members: Sequence[Member]) -> Union[list[Union[dict[str, float], MemberFailure]], GroupInterrupted]:
-    """:func:`run_group` in a worker process; KeyboardInterrupt becomes :class:`GroupInterrupted`."""
-    try:
-        return run_group(members)
-    except KeyboardInterrupt:
-        return GroupInterrupted(f"interrupted (pid {os.getpid()})")

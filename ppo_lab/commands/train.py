@@ -26,10 +26,7 @@ from ppo_lab.policies import build_network
 from ppo_lab.training.callbacks import Callback
 from ppo_lab.training.runtime import resolve_device, resolve_torch_threads, seed_everything
 from ppo_lab.training.trainer import Trainer
-from ppo_lab.commands.cli import (  # noqa: F401 - re-exported: train.py, evaluate.py and tests import them here
-    EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED, check_run_dir_args, ensure_run_dir_free, main_guard,
-    resolved_config, result_line, resume_run_dir_args,
-)
+from ppo_lab.commands.cli import ensure_run_dir_free, resolved_config
 
 #: The config groups of ``conf/`` (a resumed run keeps its own choice of each).
 GROUPS = ("env", "agent", "network", "action", "logger", "callbacks", "debug", "experiment", "hparams_search")
