@@ -20,6 +20,7 @@ import ppo_lab.training.trainer as trainer_mod
 from conftest import compose_cfg, run_script
 from ppo_lab.config import ActionType, EnvConfig, to_typed
 from ppo_lab.envs import make_vec_env
+from ppo_lab.envs.normalization import NormalizeVector
 from ppo_lab.io.sinks import Sinks
 from ppo_lab.policies import ActorCritic, NatureCNN
 from ppo_lab.training.rollout import RolloutCollector
@@ -273,7 +274,7 @@ def test_continuous6_9_observation_and_reward_normalization_and_clipping():
     obs_seen, rewards = np.array(obs_seen), np.array(rewards)
     assert np.abs(obs_seen).max() <= 0.5 + 1e-6 and np.isclose(np.abs(obs_seen).max(), 0.5)  # clipped
     assert np.abs(rewards).max() <= 0.2 + 1e-6 and np.isclose(np.abs(rewards).max(), 0.2)
-    norm = gym.wrappers.vector.NormalizeReward
+    norm = NormalizeVector
     env = envs
     while not isinstance(env, norm):
         env = env.env

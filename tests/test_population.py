@@ -262,9 +262,12 @@ def test_stacked_rollout_policy_refuses_what_it_does_not_know():
         StackedMLPPolicy([small, wide])
 
 
-def test_lockstep_rollouts_fill_each_members_solo_buffer(tmp_path, monkeypatch):
+@pytest.mark.parametrize("env", ["cartpole", "pendulum"])
+def test_lockstep_rollouts_fill_each_members_solo_buffer(tmp_path, monkeypatch, env):
     """A population's rollout goes through the stacked policy, and each member's buffer is the
-    one its solo rollout fills (same actions, rewards, dones; log-probs and values to rounding)."""
+    one its solo rollout fills (same actions, rewards, dones; log-probs and values to rounding).
+    Pendulum normalizes observations and rewards, each member with its own gamma, in one store
+    shared by the members: each member's normalized observations and rewards are its solo run's."""
     calls = {"n": 0}
     real = StackedMLPPolicy.__call__
 
@@ -272,16 +275,21 @@ def test_lockstep_rollouts_fill_each_members_solo_buffer(tmp_path, monkeypatch):
         calls["n"] += 1
         return real(self, obs)
 
+    def overrides(s):
+        return [f"seed={s}"] if env == "cartpole" else [f"seed={s}", "env=pendulum", f"agent.gamma={0.9 + 0.03 * s}"]
+
     solo = []
     for s in (1, 2, 3):
-        trainer, _ = member([f"seed={s}"], tmp_path, f"solo{s}")
+        trainer, _ = member(overrides(s), tmp_path, f"solo{s}")
         buf, _ = trainer.collector.collect(trainer.network)
         solo.append({k: getattr(buf, k).copy() for k in ("obs", "actions", "logprobs", "values", "rewards",
                                                           "terminated", "truncated", "valid", "next_value")})
         trainer.envs.close()
     monkeypatch.setattr(StackedMLPPolicy, "__call__", counted)
-    trainers = [member([f"seed={s}"], tmp_path, f"pop{s}")[0] for s in (1, 2, 3)]
-    Population(trainers).collect(range(3))
+    trainers = [member(overrides(s), tmp_path, f"pop{s}")[0] for s in (1, 2, 3)]
+    population = Population(trainers)
+    assert population.shared_normalization == (env == "pendulum")
+    population.collect(range(3))
     assert calls["n"] == 32 + 1  # one batched forward per step, and one for the bootstrap values
     for trainer, want in zip(trainers, solo):
         buf = trainer.collector.buffer

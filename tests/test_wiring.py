@@ -26,6 +26,7 @@ from ppo_lab.algo.schedules import linear_anneal
 from ppo_lab.config import EnvConfig, to_typed
 from ppo_lab.envs import make_vec_env, wrap_atari_game
 from ppo_lab.envs.atari import EpisodicLife
+from ppo_lab.envs.normalization import NormalizeVector
 from ppo_lab.training.evaluation import evaluate_policy
 
 #: A tiny CartPole budget: 2 envs x 16 steps, 2 minibatches, 2 epochs, 2 updates.
@@ -238,7 +239,7 @@ def test_gamma_reaches_reward_normalization_through_the_training_wiring(tmp_path
                        "total_timesteps=64"])
     train_mod.train(cfg, tmp_path)
     assert len(built) == 1 and seen == built  # the env the Trainer trains on
-    wrapper = find_vector_wrapper(seen[0], vw.NormalizeReward)
+    wrapper = find_vector_wrapper(seen[0], NormalizeVector)
     assert wrapper is not None
     assert wrapper.gamma == pytest.approx(0.95)
 

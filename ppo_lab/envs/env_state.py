@@ -77,6 +77,9 @@ def load_env_state(envs: gym.vector.VectorEnv, snapshot: list[dict[str, Any]]) -
             current = getattr(obj, key, None)
             if isinstance(value, dict) and "__generator__" in value:
                 current.bit_generator.state = value["__generator__"]
+            elif isinstance(current, np.ndarray) and current.shape == tuple(value.shape) and current.flags.writeable:
+                # In place: the array may be a view of shared state (a population's normalization).
+                current[...] = value.numpy()
             elif isinstance(current, np.ndarray):
                 setattr(obj, key, value.numpy().astype(current.dtype, copy=True))
             elif isinstance(current, np.generic):

@@ -19,9 +19,11 @@ The wrapper stack of one env, innermost first (gymnasium's own wrappers wherever
    path; ``env.obs_keys`` then keeps the listed Dict entries (``FilterObservation``; an
    ``action_mask`` entry is kept too, as the source of the action mask);
 5. vector level: ``ClipAction`` for continuous actions (the policy's sample is stored unclipped;
-   37 details, continuous detail 5), ``NormalizeObservation`` then clip to ``[-clip_obs,
-   clip_obs]`` (continuous details 6-7) and ``NormalizeReward`` then clip to ``[-clip_reward,
-   clip_reward]`` (details 8-9): last, so they normalize exactly what the network receives.
+   37 details, continuous detail 5), then observation normalization clipped to ``[-clip_obs,
+   clip_obs]`` (continuous details 6-7) and reward scaling clipped to ``[-clip_reward,
+   clip_reward]`` (details 8-9): gymnasium's ``NormalizeObservation`` / ``NormalizeReward`` and
+   their clips, as one wrapper whose state a population shares (``envs/normalization.py``);
+   last, so they normalize exactly what the network receives.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from gymnasium.wrappers import vector as vw
 from ppo_lab.config import ConfigError, EnvConfig
 from ppo_lab.config.targets import instantiate_node
 from ppo_lab.envs.families import FAMILY_TARGETS, EnvFamily
+from ppo_lab.envs.normalization import NormalizeVector
 
 
 def env_family(cfg: EnvConfig) -> EnvFamily:
@@ -309,14 +312,9 @@ def make_vec_env(
             envs = gym.vector.SyncVectorEnv(fns)
     if isinstance(envs.single_action_space, gym.spaces.Box):
         envs = clip_actions(envs)
-    if cfg.normalize_obs:
-        envs = vw.NormalizeObservation(envs)
-        bound = cfg.clip_obs
-        envs = vw.TransformObservation(envs, lambda obs: np.clip(obs, -bound, bound))
-    if cfg.normalize_reward:
-        envs = vw.NormalizeReward(envs, gamma=gamma)
-        rbound = cfg.clip_reward
-        envs = vw.TransformReward(envs, lambda r: np.clip(r, -rbound, rbound))
+    if cfg.normalize_obs or cfg.normalize_reward:
+        # Outermost: a population's members normalize together (``envs/normalization.py``).
+        envs = NormalizeVector(envs, cfg.normalize_obs, cfg.clip_obs, cfg.normalize_reward, cfg.clip_reward, gamma)
     return envs
 
 

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from ppo_lab.algo.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
 from ppo_lab.algo.optim import StackedAdam
 from ppo_lab.config import LossType
+from ppo_lab.envs.normalization import share_normalization
 from ppo_lab.policies.observations import map_obs
 from ppo_lab.policies.protocol import is_recurrent
 from ppo_lab.policies.stacked import StackedActorCritic, stack_refusal
@@ -123,6 +124,8 @@ class Population:
         self.stacked = (StackedActorCritic([m.network for m in self.members], self.optimizer.flat,
                                            self.optimizer.flat_grad) if len(self.members) > 1 else None)
         self.recurrent = is_recurrent(self.members[0].network)
+        # The members' observation/reward normalization in one store: normalized together.
+        self.shared_normalization = share_normalization([m.envs for m in self.members]) is not None
         for member in self.members:
             member.population = self
         self._stop_signal: Optional[int] = None

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ppo_lab.config import ActionMasking
 from ppo_lab.envs import completed_episodes, first_action_mask, read_action_mask
+from ppo_lab.envs.normalization import step_vector_envs
 from ppo_lab.io.checkpoint import torch_from_numpy
 from ppo_lab.policies.distributions import action_rng
 from ppo_lab.policies.inference import StackedMLPPolicy
@@ -343,16 +344,19 @@ class RolloutCollector:
             kwargs["episode_start"] = self.episode_start
         return self._policy.act(obs, self.rng, **kwargs)
 
-    def _advance(self, t: int, action: np.ndarray, logprob: np.ndarray, value: np.ndarray) -> None:
-        """Store step ``t``'s action, log-prob and value, and step the envs with the action."""
+    def _store_action(self, t: int, action: np.ndarray, logprob: np.ndarray, value: np.ndarray) -> np.ndarray:
+        """Store step ``t``'s action, log-prob and value; return the action to step the envs with."""
         buf = self.buffer
         buf.actions[t], buf.logprobs[t], buf.values[t] = action, logprob, value
         buf.valid[t] = ~self.prev_done
         # The step after an autoreset step reads the new episode's first observation.
         self.episode_start = self.prev_done
-        tic = time.perf_counter()
-        self.next_obs, reward, terminated, truncated, infos = self.envs.step(action)
-        self.env_seconds += time.perf_counter() - tic
+        return action
+
+    def _store_step(self, t: int, stepped: tuple[Any, Any, Any, Any, dict]) -> None:
+        """Store what step ``t`` of the envs returned (``envs.step``'s 5-tuple)."""
+        buf = self.buffer
+        self.next_obs, reward, terminated, truncated, infos = stepped
         if buf.masks is not None:  # autoreset steps' infos carry the new episode's mask
             self.next_mask = read_action_mask(self.next_obs, infos, buf.masks.shape[-1])
             if self.next_mask is None:
@@ -385,8 +389,9 @@ RolloutResult = Union[tuple[RolloutBuffer, list[tuple[float, int]]], BaseExcepti
 
 def collect_rollouts(collectors: Sequence[RolloutCollector], networks: Sequence[Any]) -> list[RolloutResult]:
     """One rollout for each of ``M`` members (collector ``m`` acting with ``networks[m]``), in
-    lockstep: at every step each member stores its observation, then the members act, then each
-    steps its own envs.
+    lockstep: at every step each member stores its observation, then the members act, then all
+    step their own envs (``envs.normalization.step_vector_envs``: members whose normalization
+    is shared are normalized together).
 
     Acting is one batched forward for all members when their rollout policies stack (the
     project's MLPs: ``policies.inference.StackedMLPPolicy``), each member sampling from its own
@@ -424,10 +429,26 @@ def collect_rollouts(collectors: Sequence[RolloutCollector], networks: Sequence[
                     acted.append(collectors[i]._act(obs, mask))
                 except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
                     acted.append(exc)
+        stepping, actions = [], []
         for (i, _), out in zip(seen, acted):
             if not isinstance(out, BaseException):
                 try:
-                    collectors[i]._advance(t, *out)
+                    actions.append(collectors[i]._store_action(t, *out))
+                    stepping.append(i)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
+                    out = exc
+            results[i] = out
+            live.remove(i)
+        # Every member's envs at once: their normalization runs as one batched op.
+        tic = time.perf_counter()
+        steps = step_vector_envs([collectors[i].envs for i in stepping], actions)
+        share = (time.perf_counter() - tic) / max(len(stepping), 1)
+        for i, out in zip(stepping, steps):
+            collectors[i].env_seconds += share
+            if not isinstance(out, BaseException):
+                try:
+                    collectors[i]._store_step(t, out)
                     continue
                 except Exception as exc:  # noqa: BLE001 - a member's failure is its own result
                     out = exc
