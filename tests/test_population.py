@@ -98,7 +98,7 @@ def test_stacked_forward_equals_each_members_own_forward(tmp_path):
 
 
 def test_numpy_tanh_is_torch_tanh_forward_and_backward():
-    """The stacked layers' tanh (numpy forward and backward): values to float32 rounding, the
+    """The stacked layers' tanh (numpy forward, torch's backward): values to float32 rounding, the
     gradient to float32 rounding of torch's formula on the same output, a float64 gradcheck, 0-d
     input, torch's own tanh off the float path, and no silent second derivative."""
     from ppo_lab.policies.layers import numpy_tanh
