@@ -153,3 +153,28 @@ def test_resume_with_mismatched_network_is_refused(tmp_path):
         with pytest.raises(ConfigError, match=r"cannot change a resumed run \(group choices and deletions\)"):
             train(compose_cfg(["logger=none", f"resume={tmp_path / 'run'}"]), tmp_path / "x",
                   overrides=[f"resume={tmp_path / 'run'}", bad])
+
+
+def test_a_checkpoint_whose_env_state_does_not_fit_resumes_with_fresh_episodes(tmp_path, caplog):
+    """A classic-control checkpoint whose env-state snapshot was taken of another wrapper stack
+    (written before the stack changed) resumes with fresh episodes and a warning, instead of
+    refusing to load. Catches the snapshot being loaded into the wrong objects or the resume
+    failing."""
+    from ppo_lab.io.checkpoint import save_checkpoint
+
+    overrides = ["env=pendulum", "logger=none", "progress=false", "agent.num_envs=2", "agent.num_steps=64",
+                 "total_timesteps=512", "checkpoint_interval=1", "eval_episodes=1"]
+    run = tmp_path / "run"
+    train(compose_cfg(overrides), run)
+    path = sorted((run / "checkpoints").glob("update_*.pt"))[0]
+    state = load_checkpoint(path)
+    assert state["global_step"] < 512
+    assert state["env_state"] is not None  # classic control: exact env state
+    state["env_state"] = state["env_state"] + [{"stale": 1.0}]
+    save_checkpoint(state, path)
+    for final in (run / "checkpoints").glob("final.pt"):
+        final.unlink()
+    with caplog.at_level("WARNING", logger="ppo_lab"):
+        train(compose_cfg(["logger=none", f"resume={path}"]), tmp_path / "ignored")
+    assert "another wrapper stack" in caplog.text
+    assert load_checkpoint(run / "checkpoints" / "final.pt")["global_step"] == 512

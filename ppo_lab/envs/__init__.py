@@ -1,6 +1,6 @@
 """Environments: the factory (ids, families, user wrappers), Atari, normalization, env state."""
 
-from ppo_lab.envs.env_state import EnvStateSnapshot, env_state, load_env_state
+from ppo_lab.envs.env_state import EnvStateSnapshot, env_state, load_env_state, snapshot_fits
 from ppo_lab.envs.factory import (
     check_env,
     completed_episodes,
@@ -33,5 +33,5 @@ __all__ = [
     "EnvFamily", "EnvStateSnapshot", "NormalizationStats", "check_env", "completed_episodes",
     "env_family", "env_state", "eval_env_config", "load_env_state", "load_normalization_state",
     "make_env", "make_vec_env", "normalization_from_tensors", "normalization_state", "normalization_to_tensors",
-    "resolve_env_id", "sign_reward", "wrap_atari", "wrap_atari_game",
+    "resolve_env_id", "sign_reward", "snapshot_fits", "wrap_atari", "wrap_atari_game",
 ]

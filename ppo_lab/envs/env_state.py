@@ -63,6 +63,13 @@ def env_state(envs: gym.vector.VectorEnv) -> list[dict[str, Any]]:
     return snapshot
 
 
+def snapshot_fits(envs: gym.vector.VectorEnv, snapshot: list[dict[str, Any]]) -> bool:
+    """Whether ``snapshot`` was taken of an env chain shaped as ``envs``' (one dict per object);
+    False for a snapshot of another wrapper stack, e.g. a checkpoint written before the stack
+    changed."""
+    return len(_env_chain(envs)) == len(snapshot)
+
+
 def load_env_state(envs: gym.vector.VectorEnv, snapshot: list[dict[str, Any]]) -> None:
     """Restore a snapshot taken by :func:`env_state` from an env built with the same config.
 

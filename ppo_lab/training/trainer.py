@@ -24,7 +24,7 @@ from ppo_lab.algo.advantages import compute_gae
 from ppo_lab.algo.optim import FlatAdam
 from ppo_lab.algo.schedules import linear_anneal
 from ppo_lab.config import TrainConfig
-from ppo_lab.envs import EnvStateSnapshot, NormalizationStats
+from ppo_lab.envs import EnvStateSnapshot, NormalizationStats, snapshot_fits
 from ppo_lab.io.checkpoint import load_checkpoint, load_components, save_checkpoint, state_of
 from ppo_lab.training.callbacks import Callback, RunView
 from ppo_lab.training.diagnostics import Diagnostics
@@ -365,6 +365,10 @@ class Trainer:
     def _restore(self, state: dict[str, Any]) -> None:
         parts = self.components()
         parts.pop("sinks")  # sinks took their state when they were built (``build_sinks``)
+        if state.get("env_state") is not None and not snapshot_fits(self.envs, state["env_state"]):
+            LOG.warning("the checkpoint's env state was taken of another wrapper stack (a checkpoint of an "
+                        "older ppo_lab): resuming with fresh episodes, as for envs without exact state")
+            state = {**state, "env_state": None}
         if state.get("env_state") is None:
             parts.pop("collector", None)
             parts.pop("env_state", None)
