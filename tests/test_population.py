@@ -164,20 +164,39 @@ def test_target_kl_stops_each_member_on_its_own(tmp_path):
         t.envs.close()
 
 
-def test_a_diverged_member_fails_alone_and_the_others_finish(tmp_path, monkeypatch):
-    real = population_mod.ppo_losses
+@pytest.mark.parametrize("path", ["numpy", "autograd"])
+def test_a_diverged_member_fails_alone_and_the_others_finish(tmp_path, monkeypatch, path):
     calls = {"n": 0}
+    nan_row = np.array([1.0, np.nan, 1.0], dtype=np.float32)
+    if path == "autograd":
+        real = population_mod.ppo_losses
 
-    def poisoned(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] > 12:  # from the second update on, member 1's value loss is NaN
-            out["value_loss"] = out["value_loss"] * torch.tensor([1.0, float("nan"), 1.0])
-        return out
+        def poisoned(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] > 12:  # from the second update on, member 1's value loss is NaN
+                out["value_loss"] = out["value_loss"] * torch.from_numpy(nan_row)
+            return out
 
-    monkeypatch.setattr(population_mod, "ppo_losses", poisoned)
+        monkeypatch.setattr(population_mod, "ppo_losses", poisoned)
+    else:
+        real = population_mod.ppo_clip_losses_and_grads
+
+        def poisoned(*args, **kwargs):
+            terms, d_logp, d_value, d_entropy = real(*args, **kwargs)
+            calls["n"] += 1
+            if calls["n"] > 12:  # from the second update on, member 1's value loss and gradient are NaN
+                terms["value_loss"], terms["loss"] = terms["value_loss"] * nan_row, terms["loss"] * nan_row
+                d_value = d_value * nan_row[:, None]
+            return terms, d_logp, d_value, d_entropy
+
+        monkeypatch.setattr(population_mod, "ppo_clip_losses_and_grads", poisoned)
     trainers = [member([f"seed={s}"], tmp_path, f"m{s}")[0] for s in (1, 2, 3)]
-    outcomes = Population(trainers).fit()
+    population = Population(trainers)
+    if path == "autograd":
+        population.numpy_refusal = "the test takes the autograd path"
+    outcomes = population.fit()
+    assert calls["n"] == 24  # two updates of 12 minibatch steps, all through the poisoned loss
     assert isinstance(outcomes[1], TrainingDiverged) and "train/loss is nan" in str(outcomes[1])
     assert "update 2" in str(outcomes[1])
     for k in (0, 2):

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ppo_lab.algo.loss_grads import ppo_clip_losses_and_grads
 from ppo_lab.algo.losses import explained_variance, ppo_losses, total_loss, update_kl_beta
 from ppo_lab.algo.optim import StackedAdam
 from ppo_lab.config import LossType
@@ -49,6 +50,7 @@ from ppo_lab.policies.protocol import is_recurrent
 from ppo_lab.policies.stacked import StackedActorCritic, stack_refusal
 from ppo_lab.training.errors import TrainingInterrupted
 from ppo_lab.training.rollout import Minibatch, TrainingBatch, collect_rollouts
+from ppo_lab.training.runtime import retain_freed_memory
 
 #: A member: a ``ppo_lab.training.trainer.Trainer`` (not imported: the trainer imports this module).
 Trainer = Any
@@ -83,6 +85,21 @@ def population_refusal(members: Sequence[Trainer]) -> Optional[str]:
             if reason:
                 return reason
     return None
+
+
+def numpy_update_refusal(members: Sequence[Trainer], stacked: Optional[StackedActorCritic]) -> Optional[str]:
+    """Why a population's update takes autograd instead of the numpy fast path (None when it can
+    take it): the fast path serves populations of several stacked members trained with the
+    PPO-clip loss, without action masks, on networks ``StackedActorCritic.numpy_refusal`` accepts.
+    A population of one always takes its network's own autograd forward (the reference)."""
+    if stacked is None:
+        return "a population of one trains with its network's own forward"
+    a = members[0].cfg.agent
+    if a.loss is not LossType.clip:
+        return f"agent.loss={a.loss.value} (the fast path has the PPO-clip loss only)"
+    if any(m.collector.buffer.masks is not None for m in members):
+        return "action masks"
+    return stacked.numpy_refusal()
 
 
 def uniform(values: Sequence[float]) -> Union[float, list[float]]:
@@ -123,6 +140,12 @@ class Population:
         self.optimizer = StackedAdam([m.optimizer for m in self.members])
         self.stacked = (StackedActorCritic([m.network for m in self.members], self.optimizer.flat,
                                            self.optimizer.flat_grad) if len(self.members) > 1 else None)
+        #: Why the update takes autograd rather than the numpy fast path (None: the fast path).
+        self.numpy_refusal = numpy_update_refusal(self.members, self.stacked)
+        if self.stacked is not None:
+            # The batched arrays are ~M times a solo run's: past glibc's mmap threshold, each
+            # would be page-faulted in afresh on every minibatch step.
+            retain_freed_memory()
         self.recurrent = is_recurrent(self.members[0].network)
         # The members' observation/reward normalization in one store: normalized together.
         self.shared_normalization = share_normalization([m.envs for m in self.members]) is not None
@@ -270,12 +293,16 @@ class Population:
         for epoch in range(a.update_epochs):
             epoch_start = len(stat_rows)
             for mb, steps in self._minibatches(batches, stacked, active, a.num_minibatches):
-                logp, entropy, value = self._evaluate(mb)
-                terms = ppo_losses(logp, mb.logprobs, mb.advantages, value, mb.values, mb.returns, entropy,
-                                   clip, a.clip_vloss, a.norm_adv, kl_beta, weights=mb.weights)
-                loss = total_loss(terms, ent_coef, vf_coef)
-                self.optimizer.zero_grad()
-                loss.sum().backward()  # rows are independent: row m's gradient is member m's
+                if self.numpy_refusal is None:
+                    terms = self._numpy_step(mb, clip, ent_coef, vf_coef)
+                    loss = terms["loss"]
+                else:
+                    logp, entropy, value = self._evaluate(mb)
+                    terms = ppo_losses(logp, mb.logprobs, mb.advantages, value, mb.values, mb.returns, entropy,
+                                       clip, a.clip_vloss, a.norm_adv, kl_beta, weights=mb.weights)
+                    loss = total_loss(terms, ent_coef, vf_coef)
+                    self.optimizer.zero_grad()
+                    loss.sum().backward()  # rows are independent: row m's gradient is member m's
                 # Detail 11: global gradient clipping, per member.
                 grad_norm = self.optimizer.clip_grad_norm_(max_grad_norm)
                 self.optimizer.step(None if all(steps) else steps)
@@ -391,6 +418,26 @@ class Population:
                            masks=None if masks is None else masks[j], weights=None if w is None else w[j]),
                  [p is not None and j < len(p) for p in parts])
                 for j in range(len(sizes))]
+
+    def _numpy_step(self, mb: Minibatch, clip: Union[float, Tensor], ent_coef: Union[float, Tensor],
+                    vf_coef: Union[float, Tensor]) -> dict[str, Tensor]:
+        """The fast path of one minibatch step (every member's gradient written, no autograd):
+        the stacked networks' numpy forward and backward around the PPO-clip loss's closed-form
+        gradient (``algo/loss_grads.py``). Returns the loss terms (and ``loss``) as ``(M,)`` tensors."""
+        a = self.members[0].cfg.agent
+        coef = lambda c: c.numpy() if isinstance(c, Tensor) else c  # noqa: E731
+        weights = None if mb.weights is None else mb.weights.numpy()
+        old_logp, advantages, old_value, returns = (mb.logprobs.numpy(), mb.advantages.numpy(),
+                                                    mb.values.numpy(), mb.returns.numpy())
+
+        def loss(logp: Any, entropy: Any, value: Any) -> Any:
+            return ppo_clip_losses_and_grads(logp, old_logp, advantages, value, old_value, returns, entropy,
+                                             coef(clip), coef(ent_coef), coef(vf_coef), a.clip_vloss, a.norm_adv,
+                                             weights)
+
+        assert self.stacked is not None
+        terms = self.stacked.loss_and_backward(mb.obs, mb.actions, loss)
+        return {k: torch.from_numpy(v) for k, v in terms.items()}
 
     def _evaluate(self, mb: Minibatch) -> tuple[Tensor, Tensor, Tensor]:
         """Log-probs, entropies and values ``(M, S)`` of the minibatch's stored actions: the
