@@ -130,3 +130,25 @@ def test_torch_threads_default_is_one_for_mlp_and_every_usable_core_for_cnn():
     assert resolve_torch_threads(to_typed(compose_cfg(["env=breakout"]))) == len(os.sched_getaffinity(0))
     assert resolve_torch_threads(to_typed(compose_cfg(["env=breakout", "torch_threads=1"]))) == 1
     assert resolve_torch_threads(to_typed(compose_cfg(["torch_threads=3"]))) == 3
+
+
+def test_a_runs_thread_count_holds_numpys_blas_too():
+    """``seed_everything`` sets torch's threads and numpy's BLAS threads alike (in a fresh process:
+    the limits are process-wide). Unlimited, OpenBLAS starts a thread per core, and population
+    workers' threads would oversubscribe the cores."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    script = (f"import sys; sys.path.insert(0, {str(ROOT)!r})\n"
+              "import numpy, torch\n"
+              "from threadpoolctl import threadpool_info\n"
+              "from ppo_lab.training.runtime import seed_everything\n"
+              "seed_everything(1, int(sys.argv[1]), False)\n"
+              "blas = [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+              "print(torch.get_num_threads(), len(blas), set(blas))")
+    for threads in (1, 2):
+        out = subprocess.run([sys.executable, "-c", script, str(threads)], capture_output=True, text=True,
+                             check=True).stdout.split(maxsplit=2)
+        assert out[0] == str(threads) and int(out[1]) >= 1 and out[2].strip() == f"{{{threads}}}"
