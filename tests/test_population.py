@@ -19,7 +19,7 @@ from ppo_lab.io.sinks import Sinks
 from ppo_lab.policies import build_network
 from ppo_lab.policies.actor_critic import ActorCritic
 from ppo_lab.policies.inference import StackedMLPPolicy
-from ppo_lab.policies.stacked import StackedActorCritic, stack_refusal
+from ppo_lab.policies.stacked import StackedActorCritic, architecture_difference, stack_refusal
 from ppo_lab.training.population import Population
 from ppo_lab.training.runtime import seed_everything
 from ppo_lab.training.trainer import Trainer, TrainingDiverged
@@ -147,6 +147,27 @@ def test_networks_the_population_cannot_stack_are_named(tmp_path):
         Population([lstm, other])
     lstm.envs.close()
     other.envs.close()
+
+
+def test_networks_of_one_shape_but_another_architecture_do_not_stack(tmp_path):
+    """Stacked layers run the first member's activation and distribution for all: members whose
+    parameter shapes agree but whose activation (or action distribution) differs would be
+    trained as the first one."""
+    first, _ = member([], tmp_path, "tanh")
+    other, _ = member(["seed=2", "network.activation=relu"], tmp_path, "relu")
+    with pytest.raises(ValueError, match="cannot train as one population: the members' networks differ in"):
+        Population([first, other])
+    assert "network.activation (('tanh', 'tanh') against ('relu', 'relu'))" in population_mod.population_refusal(
+        [first, other])
+    first.envs.close()
+    other.envs.close()
+    obs_space = gym.spaces.Box(-1.0, 1.0, (4,))
+    four = ActorCritic(obs_space, gym.spaces.Discrete(4), ActionType.discrete, hidden_sizes=(8,))
+    two_by_two = ActorCritic(obs_space, gym.spaces.MultiDiscrete([2, 2]), ActionType.discrete, hidden_sizes=(8,))
+    assert "action distribution (('Categorical', None) against ('MultiCategorical', [2, 2]))" in \
+        architecture_difference([four, two_by_two])
+    assert architecture_difference([four, ActorCritic(obs_space, gym.spaces.Discrete(4), ActionType.discrete,
+                                                      hidden_sizes=(8,))]) is None
 
 
 def test_target_kl_stops_each_member_on_its_own(tmp_path):

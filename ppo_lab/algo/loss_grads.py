@@ -106,8 +106,13 @@ def ppo_clip_losses_and_grads(
         "clipfrac": mean((np.abs(ratio - np.float32(1.0)) > clip).astype(np.float32)),
     }
 
-    # Clipped surrogate (eq. 7): max(-A r, -A clip(r, 1 - eps, 1 + eps)).
-    low, high = np.float32(1.0) - clip, np.float32(1.0) + clip
+    # Clipped surrogate (eq. 7): max(-A r, -A clip(r, 1 - eps, 1 + eps)). A float's bounds are
+    # computed in double and rounded once, as torch.clamp takes ``1 - clip`` (float32(1) - clip
+    # can be an ulp off); per-member bounds are float32 arithmetic in both.
+    if isinstance(clip, float):
+        low, high = np.float32(1.0 - clip), np.float32(1.0 + clip)
+    else:
+        low, high = np.float32(1.0) - clip, np.float32(1.0) + clip
     pg1 = -advantages * ratio
     pg2 = -advantages * np.clip(ratio, low, high)
     terms["policy_loss"] = mean(np.maximum(pg1, pg2))

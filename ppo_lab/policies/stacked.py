@@ -66,6 +66,28 @@ def stack_refusal(network: nn.Module) -> Optional[str]:
     return None
 
 
+def architecture_difference(networks: Sequence[nn.Module]) -> Optional[str]:
+    """What differs between networks that :func:`stack_refusal` accepts (None when nothing does):
+    their parameter names and shapes, shared trunk, trunk activations, or action distribution.
+    Stacked networks run the first one's layers for every member, so these must agree."""
+    def describe(net: nn.Module) -> dict[str, object]:
+        dist = net.dist
+        return {"parameter shapes": [(n, tuple(p.shape)) for n, p in net.named_parameters()],
+                "network.shared": net.shared,
+                "network.activation": (net.actor_trunk.activation_name, net.critic_trunk.activation_name),
+                "action distribution": (type(dist).__name__, getattr(dist, "nvec", None)),
+                "observation encoder": type(net.encoder).__name__}
+
+    first = describe(networks[0])
+    for net in networks[1:]:
+        other = describe(net)
+        for key, value in first.items():
+            if other[key] != value:
+                shown = "differ" if key == "parameter shapes" else f"{value} against {other[key]}"
+                return f"the members' networks differ in {key} ({shown})"
+    return None
+
+
 class StackedActorCritic:
     """The batched forward of ``M`` :class:`ActorCritic` MLPs whose parameters are rows of one buffer.
 
@@ -75,7 +97,8 @@ class StackedActorCritic:
             row ``m`` holds ``networks[m]``'s parameters in ``named_parameters()`` order.
 
     Raises:
-        ValueError: a network cannot be stacked, or the networks differ in architecture.
+        ValueError: a network cannot be stacked, or the networks differ in architecture
+            (:func:`architecture_difference`).
     """
 
     def __init__(self, networks: Sequence[nn.Module], flat: Tensor, flat_grad: Tensor) -> None:
@@ -83,9 +106,10 @@ class StackedActorCritic:
             reason = stack_refusal(net)
             if reason:
                 raise ValueError(f"cannot stack this network: {reason}")
+        difference = architecture_difference(networks)
+        if difference:
+            raise ValueError(f"cannot stack these networks: {difference}")
         shapes = [[(n, tuple(p.shape)) for n, p in net.named_parameters()] for net in networks]
-        if any(s != shapes[0] for s in shapes):
-            raise ValueError("the population's networks differ in architecture")
         self.template = networks[0]
         self.members = len(networks)
         #: ``name -> (M, *shape)`` leaves whose data and grad are views of ``flat`` / ``flat_grad``.

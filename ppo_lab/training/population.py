@@ -47,7 +47,7 @@ from ppo_lab.config import LossType
 from ppo_lab.envs.normalization import share_normalization
 from ppo_lab.policies.observations import map_obs
 from ppo_lab.policies.protocol import is_recurrent
-from ppo_lab.policies.stacked import StackedActorCritic, stack_refusal
+from ppo_lab.policies.stacked import StackedActorCritic, architecture_difference, stack_refusal
 from ppo_lab.training.errors import TrainingInterrupted
 from ppo_lab.training.rollout import Minibatch, TrainingBatch, collect_rollouts
 from ppo_lab.training.runtime import retain_freed_memory
@@ -72,7 +72,8 @@ Outcome = Union[dict[str, float], BaseException]
 
 def population_refusal(members: Sequence[Trainer]) -> Optional[str]:
     """Why these members cannot train as one population (None when they can): the keys of
-    :data:`SHARED_KEYS` differ, or there are several and a network cannot be stacked."""
+    :data:`SHARED_KEYS` differ, or there are several and a network cannot be stacked or their
+    architectures differ (``policies.stacked.architecture_difference``)."""
     for key in SHARED_KEYS:
         values = {str(getattr(m.cfg.agent, key)) for m in members}
         if len(values) > 1:
@@ -84,6 +85,7 @@ def population_refusal(members: Sequence[Trainer]) -> Optional[str]:
             reason = stack_refusal(m.network)
             if reason:
                 return reason
+        return architecture_difference([m.network for m in members])
     return None
 
 

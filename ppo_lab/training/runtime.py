@@ -54,7 +54,9 @@ def set_compute_threads(threads: int) -> None:
     Why numpy's too: the rollout policy and a population's update multiply in numpy, and
     OpenBLAS otherwise starts a thread per core for matrices past its size threshold. With
     ``n_jobs`` population workers on as many cores, those threads oversubscribe the cores and
-    spin against each other (a CartPole population sweep ran 3-5x slower)."""
+    spin against each other (a CartPole population sweep ran 3-5x slower). OpenBLAS keeps the
+    limit set by the first thread that sets it: a run started from another thread later in the
+    same process keeps that count for numpy (a speed matter only)."""
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(threads)
@@ -113,18 +115,16 @@ def retain_freed_memory(mmap_threshold: int = 32 << 20, trim_threshold: int = 25
         trim_threshold: bytes of free memory at the heap's top kept rather than returned.
 
     Returns:
-        True when glibc's ``mallopt`` took both settings; False elsewhere (musl, macOS, Windows),
-        where nothing changes.
+        True when glibc's ``mallopt`` took both settings; False elsewhere (musl, another
+        allocator preloaded, macOS, Windows), where nothing changes.
     """
     import ctypes
-    import ctypes.util
+    import sys
 
-    name = ctypes.util.find_library("c")
-    if not name:
+    if not sys.platform.startswith("linux"):
         return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+    try:  # the running process's own symbols: glibc's (or musl's) malloc, no library search
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
