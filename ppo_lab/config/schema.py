@@ -231,7 +231,8 @@ class TrainConfig:
     device: str = "auto"
     #: torch intra-op threads. null (default): 1 for MLP networks, whose per-op overhead dominates
     #: (more threads only add synchronization), and every CPU core this process may use for CNNs
-    #: (Breakout on 2 cores: 1.5x faster than 1 thread). A number overrides both.
+    #: (Breakout on 2 cores: 1.5x faster than 1 thread). A number overrides both. numpy's BLAS
+    #: (the numpy rollout policy, a population's update) is held to the same count.
     torch_threads: Optional[int] = None
     #: Deterministic cuDNN kernels.
     torch_deterministic: bool = True
