@@ -125,12 +125,11 @@ def ppo_clip_losses_and_grads(
     vf = _rows(vf_coef)
     error = new_value - returns
     if clip_vloss:
-        v_clipped = old_value + np.clip(new_value - old_value, -clip, clip)
-        error_clipped = v_clipped - returns
+        delta = new_value - old_value
+        error_clipped = old_value + np.clip(delta, -clip, clip) - returns
         loss_unclipped, loss_clipped = np.square(error), np.square(error_clipped)
         terms["value_loss"] = np.float32(0.5) * mean(np.maximum(loss_unclipped, loss_clipped))
         to_u, to_c = _max_grads(loss_unclipped, loss_clipped)
-        delta = new_value - old_value
         inside_v = ((delta >= -clip) & (delta <= clip)).astype(np.float32)
         d_square = to_u * 2 * error + to_c * inside_v * 2 * error_clipped
     else:

@@ -38,7 +38,8 @@ from torch import Tensor
 #: Bounds of the state-independent log std: exp(-20) ~ 2e-9, exp(2) ~ 7.4. Keeps log-probs finite.
 LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
 
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
+#: log(sqrt(2 pi)), the Gaussian log-density's constant.
+LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
 
 #: The logit of a masked (invalid) action, as sb3-contrib's MaskableCategorical: exp(-1e8 - max)
 #: is exactly 0 in float32, and it stays finite, so no inf - inf or 0 * inf NaN anywhere.
@@ -249,7 +250,7 @@ class DiagGaussian:
         the standardized residual is ``eps`` itself, so no division is needed."""
         eps = draw(rng, "standard_normal", mean.shape, dtype=np.float32)
         action = mean + np.exp(log_std) * eps
-        return action, (-0.5 * eps * eps - log_std - _LOG_SQRT_2PI).sum(axis=-1)
+        return action, (-0.5 * eps * eps - log_std - LOG_SQRT_2PI).sum(axis=-1)
 
     def mode(self, mean: np.ndarray) -> np.ndarray:
         """``(B, d)`` the mean action (deterministic evaluation)."""
@@ -258,7 +259,7 @@ class DiagGaussian:
     def log_prob(self, mean: np.ndarray, log_std: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """``(B,)`` log-density of ``actions`` ``(B, d)``, summed over dimensions (numpy)."""
         z = (actions - mean) * np.exp(-log_std)
-        return (-0.5 * z * z - log_std - _LOG_SQRT_2PI).sum(axis=-1)
+        return (-0.5 * z * z - log_std - LOG_SQRT_2PI).sum(axis=-1)
 
     def log_prob_entropy(
         self, mean: Tensor, log_std: Tensor, actions: Tensor
@@ -266,6 +267,6 @@ class DiagGaussian:
         """Training: ``(B,)`` log-densities of ``actions`` ``(B, d)`` and ``(B,)`` entropies
         ``sum(0.5 + log(sqrt(2 pi)) + log_std)`` (torch, differentiable)."""
         z = (actions - mean) * torch.exp(-log_std)
-        logp = (-0.5 * z.square() - log_std - _LOG_SQRT_2PI).sum(dim=-1)
-        entropy = (0.5 + _LOG_SQRT_2PI + log_std).sum(dim=-1).expand(mean.shape[:-1])
+        logp = (-0.5 * z.square() - log_std - LOG_SQRT_2PI).sum(dim=-1)
+        entropy = (0.5 + LOG_SQRT_2PI + log_std).sum(dim=-1).expand(mean.shape[:-1])
         return logp, entropy

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ppo_lab.policies.distributions import LOG_STD_MAX, LOG_STD_MIN, Categorical, DiagGaussian
+from ppo_lab.policies.distributions import LOG_SQRT_2PI, LOG_STD_MAX, LOG_STD_MIN, Categorical, DiagGaussian
 from ppo_lab.policies.layers import MLP, numpy_tanh
 
 #: What :meth:`StackedActorCritic.loss_and_backward` asks of the loss: given the ``(M, B)``
@@ -127,14 +127,16 @@ class StackedActorCritic:
         # several times faster on CPU (``layers.numpy_tanh``).
         act = net.actor_trunk.activation
         self.activation = numpy_tanh if act is torch.tanh else act
-        self.actor_layers = [self._linear(f"actor_trunk.layers.{i}") for i in range(len(net.actor_trunk.layers))]
         critic = "actor_trunk" if net.shared else "critic_trunk"
-        self.critic_layers = [self._linear(f"{critic}.layers.{i}") for i in range(len(net.critic_trunk.layers))]
+        #: Each trunk's layers by parameter-name prefix (a shared trunk's critic is its actor).
+        self._layer_names = {"actor": [f"actor_trunk.layers.{i}" for i in range(len(net.actor_trunk.layers))],
+                             "critic": [f"{critic}.layers.{i}" for i in range(len(net.critic_trunk.layers))]}
+        self.actor_layers = [self._linear(name) for name in self._layer_names["actor"]]
+        self.critic_layers = [self._linear(name) for name in self._layer_names["critic"]]
         self.policy_head, self.value_head = self._linear("policy_head"), self._linear("value_head")
         # The numpy fast path's views: each parameter's values and gradient as ``(M, *shape)``
         # numpy arrays sharing memory with the buffers (Adam's in-place steps show through).
-        self._np_names = {"actor": [f"actor_trunk.layers.{i}" for i in range(len(net.actor_trunk.layers))],
-                          "critic": [f"{critic}.layers.{i}" for i in range(len(net.critic_trunk.layers))]}
+        self._np_tanh = net.actor_trunk.activation_name == "tanh"
         self._np_params, self._np_grads = {}, {}
         if flat.device.type == "cpu" and flat.dtype == torch.float32:
             flat_np, grad_np = flat.numpy(), flat_grad.numpy()
@@ -199,22 +201,20 @@ class StackedActorCritic:
 
     def _np_trunk(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
         """The inputs and activations of a trunk's layers: ``[x, h_1, ..., h_L]``, each ``(M, B, width)``."""
-        tanh = self.template.actor_trunk.activation_name == "tanh"
         hs = [x]
         for name in names:
             z = np.matmul(hs[-1], self._np_params[f"{name}.weight"].transpose(0, 2, 1))
             z += self._np_params[f"{name}.bias"][:, None, :]
-            hs.append(np.tanh(z, out=z) if tanh else np.maximum(z, np.float32(0.0), out=z))
+            hs.append(np.tanh(z, out=z) if self._np_tanh else np.maximum(z, np.float32(0.0), out=z))
         return hs
 
     def _np_trunk_backward(self, hs: list[np.ndarray], grad: np.ndarray, names: list[str]) -> None:
         """Backpropagate ``grad`` ``(M, B, width)`` (d loss / d the trunk's output) through the
         layers whose activations are ``hs``, writing each layer's weight and bias gradient."""
-        tanh = self.template.actor_trunk.activation_name == "tanh"
         for i in reversed(range(len(names))):
             h = hs[i + 1]
             # d tanh = 1 - tanh^2 (torch's tanh_backward); d relu = [output > 0] (threshold_backward).
-            dz = grad * (np.float32(1.0) - h * h) if tanh else grad * (h > 0)
+            dz = grad * (np.float32(1.0) - h * h) if self._np_tanh else grad * (h > 0)
             np.matmul(dz.transpose(0, 2, 1), hs[i], out=self._np_grads[f"{names[i]}.weight"])
             dz.sum(axis=1, out=self._np_grads[f"{names[i]}.bias"])
             if i > 0:
@@ -247,8 +247,8 @@ class StackedActorCritic:
                 obs = net.encoder(obs.reshape(m * b, *obs.shape[2:])).reshape(m, b, -1)
             x = obs.flatten(2) if obs.dim() > 3 else obs
             x = x.float().numpy()
-        actor = self._np_trunk(x, self._np_names["actor"])
-        critic = actor if net.shared else self._np_trunk(x, self._np_names["critic"])
+        actor = self._np_trunk(x, self._layer_names["actor"])
+        critic = actor if net.shared else self._np_trunk(x, self._layer_names["critic"])
         p = self._np_params
         head_in, value_in = actor[-1], critic[-1]
         out = np.matmul(head_in, p["policy_head.weight"].transpose(0, 2, 1))
@@ -260,8 +260,8 @@ class StackedActorCritic:
             clamped = np.clip(log_std, np.float32(LOG_STD_MIN), np.float32(LOG_STD_MAX))
             inv_std = np.exp(-clamped)[:, None, :]
             z = (actions.numpy() - out) * inv_std
-            logp = (np.float32(-0.5) * z * z - clamped[:, None, :] - np.float32(0.5 * np.log(2 * np.pi))).sum(-1)
-            entropy = np.broadcast_to((np.float32(0.5 + 0.5 * np.log(2 * np.pi)) + clamped).sum(-1)[:, None], (m, b))
+            logp = (np.float32(-0.5) * z * z - clamped[:, None, :] - np.float32(LOG_SQRT_2PI)).sum(-1)
+            entropy = np.broadcast_to((np.float32(0.5 + LOG_SQRT_2PI) + clamped).sum(-1)[:, None], (m, b))
         else:  # Categorical.log_prob_entropy: one log-softmax
             shifted = out - out.max(-1, keepdims=True)
             logp_all = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
@@ -290,8 +290,8 @@ class StackedActorCritic:
         d_actor = np.matmul(d_out, p["policy_head.weight"])
         d_critic = d_value[..., None] * p["value_head.weight"]
         if net.shared:
-            self._np_trunk_backward(actor, d_actor + d_critic, self._np_names["actor"])
+            self._np_trunk_backward(actor, d_actor + d_critic, self._layer_names["actor"])
         else:
-            self._np_trunk_backward(actor, d_actor, self._np_names["actor"])
-            self._np_trunk_backward(critic, d_critic, self._np_names["critic"])
+            self._np_trunk_backward(actor, d_actor, self._layer_names["actor"])
+            self._np_trunk_backward(critic, d_critic, self._layer_names["critic"])
         return terms
